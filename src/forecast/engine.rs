@@ -1,0 +1,685 @@
+//! One workload's forecasting state: history grid, candidate models, online backtest,
+//! selection, conformal calibration.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::domain::{Forecast, Timestamp};
+
+use super::preset::ResidualScale;
+use super::{
+    FitSettings, FittedModel, ForecastError, ModelKind, ModelPreset, Window, clip_outliers,
+    detect_periods, level_shift_start,
+};
+
+/// Switching models needs this relative improvement (hysteresis against flapping).
+const SWITCH_MARGIN: f64 = 0.03;
+/// Published forecasts whose coverage decides `confident`.
+const CONFIDENCE_WINDOW: usize = 48;
+/// Coverage shortfall (below the quantile) at which a forecast stops being confident.
+const CONFIDENCE_SLACK: f64 = 0.2;
+
+/// A fixed-size window of values with O(1) quantiles (kept sorted beside the FIFO).
+#[derive(Debug, Clone)]
+struct RollingQuantile {
+    fifo: VecDeque<f64>,
+    sorted: Vec<f64>,
+    cap: usize,
+}
+
+impl RollingQuantile {
+    fn new(cap: usize) -> Self {
+        Self {
+            fifo: VecDeque::with_capacity(cap),
+            sorted: Vec::with_capacity(cap),
+            cap,
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        if self.fifo.len() == self.cap
+            && let Some(old) = self.fifo.pop_front()
+        {
+            let i = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            if i < self.sorted.len() {
+                self.sorted.remove(i);
+            }
+        }
+        self.fifo.push_back(v);
+        let i = self.sorted.partition_point(|x| x.total_cmp(&v).is_le());
+        self.sorted.insert(i, v);
+    }
+
+    fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// The q-quantile (higher of the two neighbours: conservative for an upper band).
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let n = self.sorted.len();
+        if n == 0 {
+            return None;
+        }
+        let idx = ((n as f64 + 1.0) * q).ceil() as usize;
+        self.sorted.get(idx.clamp(1, n) - 1).copied()
+    }
+}
+
+/// Backtest figures of one model at the lead horizon, over the evaluated part of the series.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CandidateStats {
+    /// Model name.
+    pub model: &'static str,
+    /// Forecasts scored.
+    pub count: usize,
+    /// Sum of absolute errors of the point forecast.
+    pub abs_error_sum: f64,
+    /// Sum of pinball losses of the model's own calibrated upper quantile.
+    pub pinball_sum: f64,
+    /// Forecasts whose upper quantile covered the actual.
+    pub covered: usize,
+    /// Times this model was the selected one when a forecast was published.
+    pub selected: usize,
+}
+
+struct Pending {
+    origin_end: usize,
+    point: Vec<f64>,
+    scale: Vec<f64>,
+    /// The model's own upper quantile at the lead step, for its stats.
+    upper_lead: f64,
+}
+
+struct Candidate {
+    kind: ModelKind,
+    fitted: Option<Box<dyn FittedModel>>,
+    pending: VecDeque<Pending>,
+    /// Normalised residuals per step ahead (index 0 = one step).
+    resid: Vec<RollingQuantile>,
+    losses: VecDeque<f64>,
+    loss_sum: f64,
+    stats: CandidateStats,
+}
+
+/// Where a workload's forecasting stands, for status pages and metrics.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EngineStatus {
+    /// Model currently selected (`persistence` while demoted).
+    pub model: &'static str,
+    /// Seasonal periods in use, in grid steps.
+    pub periods: Vec<usize>,
+    /// True while forecasts are worse than reacting would be.
+    pub demoted: bool,
+    /// Coverage of the published upper quantile at the lead horizon (evaluated part).
+    pub coverage: Option<f64>,
+    /// Times the models were refitted.
+    pub refits: usize,
+    /// Model fits that failed.
+    pub fit_failures: usize,
+    /// Samples held.
+    pub samples: usize,
+}
+
+/// One workload's forecasting engine. Feed it samples in time order with [`Engine::observe`]
+/// and ask for a [`Forecast`] with [`Engine::forecast`]; it never sees the future.
+pub struct Engine {
+    preset: ModelPreset,
+    step: u64,
+    lead: usize,
+    t0: Option<Timestamp>,
+    last_ts: Timestamp,
+    start: usize,
+    values: Vec<f64>,
+    scored: Vec<bool>,
+    keep: usize,
+    history_len: usize,
+    refit_steps: usize,
+    sel_window: usize,
+    max_fill: usize,
+    level: f64,
+    periods: Vec<usize>,
+    last_fit_end: Option<usize>,
+    fit: FitSettings,
+    /// Index 0 is persistence, the reactive reference.
+    cands: Vec<Candidate>,
+    selected: usize,
+    demoted: bool,
+    published: VecDeque<(usize, Vec<f64>)>,
+    levels: Vec<f64>,
+    recent_cover: VecDeque<bool>,
+    covered: usize,
+    cover_total: usize,
+    evaluating: bool,
+    refits: usize,
+    fit_failures: usize,
+}
+
+impl Engine {
+    /// An engine for a workload sampled every `step` seconds whose decisions look `lead` steps
+    /// ahead.
+    pub fn new(preset: ModelPreset, step: u64, lead: usize) -> Self {
+        let step = step.max(1);
+        let lead = lead.max(1);
+        let steps = |d: std::time::Duration| (d.as_secs() / step) as usize;
+        let history_len = steps(preset.history).max(4 * lead + 16);
+        let refit_steps = steps(preset.refit_every).max(1);
+        let sel_window = steps(preset.selection_window).clamp(50, 5000) * lead;
+        let cal_window = steps(preset.calibration_window).clamp(200, 5000);
+        let mut kinds = vec![ModelKind::Persistence];
+        kinds.extend(
+            preset
+                .candidates
+                .iter()
+                .copied()
+                .filter(|k| *k != ModelKind::Persistence),
+        );
+        let fit = FitSettings {
+            path_len: refit_steps + 4 * lead + 64,
+            max_regression_rows: 20_000,
+            max_trend_points: 2_000,
+        };
+        let cands = kinds
+            .into_iter()
+            .map(|kind| Candidate {
+                kind,
+                fitted: None,
+                pending: VecDeque::new(),
+                resid: (0..lead)
+                    .map(|_| RollingQuantile::new(cal_window))
+                    .collect(),
+                losses: VecDeque::new(),
+                loss_sum: 0.0,
+                stats: CandidateStats {
+                    model: kind.as_str(),
+                    ..CandidateStats::default()
+                },
+            })
+            .collect();
+        let q = preset.quantile;
+        Self {
+            max_fill: (preset.max_fill_gap.as_secs() / step) as usize,
+            preset,
+            step,
+            lead,
+            t0: None,
+            last_ts: 0,
+            start: 0,
+            values: Vec::new(),
+            scored: Vec::new(),
+            keep: history_len + 2 * refit_steps,
+            history_len,
+            refit_steps,
+            sel_window,
+            level: 0.0,
+            periods: Vec::new(),
+            last_fit_end: None,
+            fit,
+            cands,
+            selected: 0,
+            demoted: false,
+            published: VecDeque::new(),
+            levels: vec![q; lead],
+            recent_cover: VecDeque::new(),
+            covered: 0,
+            cover_total: 0,
+            evaluating: false,
+            refits: 0,
+            fit_failures: 0,
+        }
+    }
+
+    /// Starts (or stops) accumulating backtest statistics, e.g. after a replay's warm-up.
+    pub fn set_evaluating(&mut self, on: bool) {
+        self.evaluating = on;
+    }
+
+    /// Backtest statistics of every candidate (persistence first).
+    pub fn candidate_stats(&self) -> Vec<CandidateStats> {
+        self.cands.iter().map(|c| c.stats.clone()).collect()
+    }
+
+    /// Current status.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            model: self.cands[self.selected].kind.as_str(),
+            periods: self.periods.clone(),
+            demoted: self.demoted,
+            coverage: (self.cover_total > 0).then(|| self.covered as f64 / self.cover_total as f64),
+            refits: self.refits,
+            fit_failures: self.fit_failures,
+            samples: self.values.len(),
+        }
+    }
+
+    /// Adds a sample. Gaps since the previous sample are interpolated; gaps longer than the
+    /// preset's `max_fill_gap` are excluded from backtests.
+    ///
+    /// # Errors
+    /// [`ForecastError::InvalidSample`] for NaN, infinite or negative values and
+    /// [`ForecastError::OutOfOrder`] for a timestamp not after the previous one; the sample
+    /// is dropped and the engine is unchanged.
+    pub fn observe(&mut self, ts: Timestamp, value: f64) -> Result<(), ForecastError> {
+        if !value.is_finite() || value < 0.0 {
+            return Err(ForecastError::InvalidSample { value, at: ts });
+        }
+        let Some(t0) = self.t0 else {
+            self.t0 = Some(ts);
+            self.last_ts = ts;
+            self.values.push(value);
+            self.scored.push(true);
+            self.level = value;
+            return Ok(());
+        };
+        if ts <= self.last_ts {
+            return Err(ForecastError::OutOfOrder {
+                at: ts,
+                last: self.last_ts,
+            });
+        }
+        self.last_ts = ts;
+        let k = ((ts - t0) as f64 / self.step as f64).round() as usize;
+        let next = self.start + self.values.len();
+        if k < next {
+            // Jitter put two samples in one grid slot: the newer one wins.
+            if let Some(last) = self.values.last_mut() {
+                *last = value;
+            }
+            return Ok(());
+        }
+        let gap = k - next;
+        let prev = self.values.last().copied().unwrap_or(value);
+        for g in 1..=gap {
+            let v = prev + (value - prev) * g as f64 / (gap + 1) as f64;
+            self.values.push(v);
+            self.scored.push(gap <= self.max_fill);
+        }
+        self.values.push(value);
+        self.scored.push(true);
+        for idx in next..=k {
+            self.mature(idx);
+        }
+        self.level += 0.01 * (value - self.level);
+        if self.values.len() > self.keep + self.refit_steps {
+            let drop = self.values.len() - self.keep;
+            self.values.drain(..drop);
+            self.scored.drain(..drop);
+            self.start += drop;
+        }
+        Ok(())
+    }
+
+    fn window(&self) -> Window<'_> {
+        Window {
+            start: self.start,
+            values: &self.values,
+        }
+    }
+
+    fn scale(&self, point: f64) -> f64 {
+        let floor = 0.1 * self.level.abs() + 1e-9;
+        match self.preset.residual_scale {
+            ResidualScale::Relative => point.max(floor),
+            ResidualScale::Sqrt => (point.max(floor) * self.level.abs().max(floor)).sqrt(),
+            ResidualScale::Absolute => self.level.abs().max(floor),
+        }
+    }
+
+    /// Scores every forecast whose target is grid index `idx`.
+    fn mature(&mut self, idx: usize) {
+        let Some(i) = idx.checked_sub(self.start) else {
+            return;
+        };
+        let y = self.values[i];
+        let scored = self.scored[i];
+        let lead = self.lead;
+        let under = self.preset.under_weight;
+        let q = self.preset.quantile;
+        let evaluating = self.evaluating && scored;
+        for c in &mut self.cands {
+            for p in &c.pending {
+                let Some(j) = idx.checked_sub(p.origin_end) else {
+                    continue;
+                };
+                if j >= lead || !scored {
+                    continue;
+                }
+                let e = y - p.point[j];
+                c.resid[j].push(e / p.scale[j]);
+                let loss = if e > 0.0 { under * e } else { -e } / p.scale[j];
+                c.losses.push_back(loss);
+                c.loss_sum += loss;
+                if j == lead - 1 && evaluating {
+                    c.stats.count += 1;
+                    c.stats.abs_error_sum += e.abs();
+                    c.stats.pinball_sum += pinball(y, p.upper_lead, q);
+                    c.stats.covered += usize::from(y <= p.upper_lead);
+                }
+            }
+            while c.losses.len() > self.sel_window {
+                if let Some(l) = c.losses.pop_front() {
+                    c.loss_sum -= l;
+                }
+            }
+            while c
+                .pending
+                .front()
+                .is_some_and(|p| p.origin_end + lead <= idx + 1)
+            {
+                c.pending.pop_front();
+            }
+        }
+        // Published forecasts: coverage and adaptive conformal levels.
+        for (origin_end, upper) in &self.published {
+            let Some(j) = idx.checked_sub(*origin_end) else {
+                continue;
+            };
+            if j >= lead || !scored {
+                continue;
+            }
+            let miss = y > upper[j];
+            let rate = self.preset.aci_rate;
+            self.levels[j] =
+                (self.levels[j] + rate * (f64::from(u8::from(miss)) - (1.0 - q))).clamp(0.5, 0.995);
+            if j == lead - 1 {
+                self.recent_cover.push_back(!miss);
+                if self.recent_cover.len() > CONFIDENCE_WINDOW {
+                    self.recent_cover.pop_front();
+                }
+                if evaluating {
+                    self.cover_total += 1;
+                    self.covered += usize::from(!miss);
+                }
+            }
+        }
+        while self
+            .published
+            .front()
+            .is_some_and(|(o, _)| o + lead <= idx + 1)
+        {
+            self.published.pop_front();
+        }
+    }
+
+    fn refit(&mut self) {
+        let n = self.values.len();
+        let len = n.min(self.history_len);
+        let first = n - len;
+        let mut cleaned = self.values[first..].to_vec();
+        self.periods = detect_periods(&cleaned, self.step, self.preset.max_periods);
+        if self.preset.outlier_clip_sd > 0.0 {
+            clip_outliers(&mut cleaned, self.preset.outlier_clip_sd, 3);
+        }
+        let longest = self.periods.iter().copied().max().unwrap_or(0);
+        let min_after = (2 * longest + 1).max(self.refit_steps).max(8 * self.lead);
+        let from = level_shift_start(&cleaned, min_after).unwrap_or(0);
+        let window = Window {
+            start: self.start + first + from,
+            values: &cleaned[from..],
+        };
+        for c in &mut self.cands {
+            let forecaster = c.kind.build(&self.periods, &self.fit);
+            match forecaster.fit(window) {
+                Ok(f) => c.fitted = Some(f),
+                Err(_) => {
+                    self.fit_failures += usize::from(c.kind != ModelKind::Persistence);
+                }
+            }
+        }
+        self.refits += 1;
+        self.last_fit_end = Some(self.start + n);
+    }
+
+    fn mean_loss(&self, c: usize, n: usize) -> Option<f64> {
+        let cand = &self.cands[c];
+        if cand.losses.len() < n || n == 0 {
+            return None;
+        }
+        let s: f64 = cand.losses.iter().rev().take(n).sum();
+        Some(s / n as f64)
+    }
+
+    fn select(&mut self) {
+        // Compare over the window all eligible candidates share.
+        let need = (self.sel_window / 4).max(self.lead * 20);
+        let eligible: Vec<usize> = (1..self.cands.len())
+            .filter(|&c| self.cands[c].fitted.is_some() && self.cands[c].losses.len() >= need)
+            .collect();
+        let Some(n) = eligible
+            .iter()
+            .map(|&c| self.cands[c].losses.len())
+            .chain(std::iter::once(self.cands[0].losses.len()))
+            .min()
+        else {
+            self.selected = 0;
+            self.demoted = false;
+            return;
+        };
+        let n = n.min(self.sel_window);
+        let loss = |c: usize| self.mean_loss(c, n).unwrap_or(f64::INFINITY);
+        let mut best = eligible.first().copied().unwrap_or(0);
+        for &c in &eligible {
+            if loss(c) < loss(best) {
+                best = c;
+            }
+        }
+        if self.selected != 0 && eligible.contains(&self.selected) && !self.demoted {
+            // Keep the current model unless the best is clearly better.
+            if loss(best) > loss(self.selected) * (1.0 - SWITCH_MARGIN) {
+                best = self.selected;
+            }
+        }
+        if best == 0 || eligible.is_empty() {
+            self.selected = 0;
+            self.demoted = false;
+            return;
+        }
+        // Forecast health: worse than reacting would be means demotion to persistence.
+        self.demoted = loss(best) > loss(0);
+        self.selected = if self.demoted { 0 } else { best };
+    }
+
+    /// The calibrated forecast for the next `horizon` steps from the latest sample.
+    ///
+    /// # Errors
+    /// [`ForecastError::NotEnoughData`] while warming up (too little history, or too few
+    /// residuals to calibrate the upper quantile); other errors when every model failed.
+    pub fn forecast(&mut self, horizon: usize) -> Result<Forecast, ForecastError> {
+        let n = self.values.len();
+        let need = (4 * self.lead).max(16);
+        if n < need {
+            return Err(ForecastError::NotEnoughData { need, have: n });
+        }
+        let end = self.start + n;
+        if self
+            .last_fit_end
+            .is_none_or(|f| end >= f + self.refit_steps)
+        {
+            self.refit();
+        }
+        let lead = self.lead;
+        let q = self.preset.quantile;
+        let fresh = self.cands[0]
+            .pending
+            .back()
+            .is_none_or(|p| p.origin_end != end);
+        if fresh {
+            for c in 0..self.cands.len() {
+                let Some(fitted) = self.cands[c].fitted.as_ref() else {
+                    continue;
+                };
+                let Ok(point) = fitted.predict(self.window(), lead) else {
+                    continue;
+                };
+                if point.iter().any(|v| !v.is_finite()) {
+                    continue;
+                }
+                let scale: Vec<f64> = point.iter().map(|&p| self.scale(p)).collect();
+                let cand = &self.cands[c];
+                let upper_lead = cand.resid[lead - 1]
+                    .quantile(q)
+                    .map_or(f64::INFINITY, |r| point[lead - 1] + r * scale[lead - 1]);
+                self.cands[c].pending.push_back(Pending {
+                    origin_end: end,
+                    point,
+                    scale,
+                    upper_lead,
+                });
+            }
+            self.select();
+        }
+        let sel = self.selected;
+        let have = self.cands[sel].resid[lead - 1].len();
+        if have < self.preset.min_calibration {
+            return Err(ForecastError::NotEnoughData {
+                need: self.preset.min_calibration,
+                have,
+            });
+        }
+        let fitted = self.cands[sel]
+            .fitted
+            .as_ref()
+            .ok_or(ForecastError::NotEnoughData { need, have: n })?;
+        let point = fitted.predict(self.window(), horizon.max(1))?;
+        let mut upper = Vec::with_capacity(point.len());
+        let mut clean = Vec::with_capacity(point.len());
+        for (j, &p) in point.iter().enumerate() {
+            let h = j.min(lead - 1);
+            let level = self.levels[h];
+            let r = self.cands[sel].resid[h].quantile(level).unwrap_or(0.0);
+            // Beyond the lead window no residuals are kept: widen like a random walk.
+            let widen = if j < lead {
+                1.0
+            } else {
+                ((j + 1) as f64 / lead as f64).sqrt()
+            };
+            let p = p.max(0.0);
+            clean.push(p);
+            upper.push((p + r * widen * self.scale(p)).max(p));
+        }
+        if fresh {
+            self.published
+                .push_back((end, upper[..lead.min(upper.len())].to_vec()));
+            if self.evaluating {
+                self.cands[sel].stats.selected += 1;
+            }
+        }
+        let confident = self.recent_cover.len() < CONFIDENCE_WINDOW / 2
+            || self.recent_cover.iter().filter(|c| **c).count() as f64
+                >= (q - CONFIDENCE_SLACK) * self.recent_cover.len() as f64;
+        let t0 = self.t0.unwrap_or(0);
+        Ok(Forecast {
+            origin: t0 + ((end - 1) as u64 * self.step) as i64,
+            step: self.step,
+            point: clean,
+            upper,
+            quantile: q,
+            model: self.cands[sel].kind.as_str(),
+            demoted: self.demoted,
+            confident,
+        })
+    }
+}
+
+/// Pinball (quantile) loss of forecast `f` for actual `y` at level `q`.
+pub(crate) fn pinball(y: f64, f: f64, q: f64) -> f64 {
+    if y >= f {
+        q * (y - f)
+    } else {
+        (1.0 - q) * (f - y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preset() -> ModelPreset {
+        ModelPreset::load("auto").unwrap()
+    }
+
+    #[test]
+    fn rolling_quantile_tracks_a_sliding_window() {
+        let mut r = RollingQuantile::new(5);
+        for v in [5.0, 1.0, 4.0, 2.0, 3.0] {
+            r.push(v);
+        }
+        assert_eq!(r.quantile(0.5), Some(3.0));
+        r.push(10.0); // drops 5
+        assert_eq!(r.len(), 5);
+        assert_eq!(r.sorted, vec![1.0, 2.0, 3.0, 4.0, 10.0]);
+        assert_eq!(r.quantile(0.99), Some(10.0));
+    }
+
+    #[test]
+    fn bad_samples_are_refused_and_change_nothing() {
+        let mut e = Engine::new(preset(), 60, 3);
+        e.observe(0, 1.0).unwrap();
+        assert_eq!(
+            e.observe(60, f64::NAN).unwrap_err().kind(),
+            "invalid_sample"
+        );
+        assert_eq!(e.observe(60, -1.0).unwrap_err().kind(), "invalid_sample");
+        assert_eq!(e.observe(0, 2.0).unwrap_err().kind(), "out_of_order");
+        assert_eq!(e.status().samples, 1);
+    }
+
+    #[test]
+    fn gaps_are_filled_on_the_grid() {
+        let mut e = Engine::new(preset(), 60, 3);
+        e.observe(0, 0.0).unwrap();
+        e.observe(240, 4.0).unwrap();
+        assert_eq!(e.values, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert!(e.scored.iter().all(|s| *s));
+        let mut e = Engine::new(preset(), 60, 3);
+        e.observe(0, 0.0).unwrap();
+        e.observe(60 * 100, 1.0).unwrap();
+        assert!(!e.scored[50], "a long gap is not scored");
+    }
+
+    #[test]
+    fn warm_up_then_calibrated_forecasts_cover_about_their_quantile() {
+        let p = 48;
+        let mut s = 7_u64;
+        let mut e = Engine::new(preset(), 300, 2);
+        let mut covered = 0;
+        let mut total = 0;
+        let mut first_ok = None;
+        let mut last: Option<Forecast> = None;
+        for i in 0..(p * 30) {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let y =
+                100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / p as f64).sin() + 10.0 * u;
+            if let Some(f) = &last
+                && i >= p * 15
+            {
+                total += 1;
+                covered += usize::from(y <= f.upper[0]);
+            }
+            e.observe(i as i64 * 300, y).unwrap();
+            match e.forecast(2) {
+                Ok(f) => {
+                    first_ok.get_or_insert(i);
+                    assert!(f.upper.iter().zip(&f.point).all(|(u, p)| u >= p));
+                    last = Some(f);
+                }
+                Err(err) => {
+                    assert_eq!(err.kind(), "not_enough_data");
+                    last = None;
+                }
+            }
+        }
+        assert!(first_ok.is_some_and(|i| i > 16), "no warm-up: {first_ok:?}");
+        let cov = covered as f64 / total as f64;
+        assert!((0.8..=0.97).contains(&cov), "coverage {cov}");
+        assert_eq!(e.status().periods.first(), Some(&p));
+        assert_ne!(
+            e.status().model,
+            "persistence",
+            "a seasonal model should win"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Forecasting: demand history in, calibrated quantile forecasts out.
+//!
+//! Pure and synchronous (no clocks, no I/O, no async): `prescale replay` and the live loop run
+//! this same code. A workload's [`Engine`] keeps its history on a regular grid, refits its
+//! candidate models on a schedule, scores every candidate online at the lead horizon
+//! (a rolling-origin backtest with an origin at every step), picks the best by an asymmetric
+//! loss, and calibrates the upper quantile on the chosen model's own recent residuals.
+//!
+//! # How to add a forecaster
+//! 1. Write a type implementing [`Forecaster`] (fit on a [`Window`] of history) whose fitted
+//!    value implements [`FittedModel`] (predict `horizon` steps after the end of a context
+//!    window that may extend past the training data: models are refit on a schedule but
+//!    predict at every step).
+//! 2. Add a variant to [`ModelKind`] with its stable snake_case name and build it in
+//!    [`ModelKind::build`].
+//! 3. Add it to a preset under `models/` and document it in `models/README.md`.
+//! 4. Give it a test with a synthetic series whose answer is known.
+
+mod damped;
+mod engine;
+mod history;
+mod linear;
+mod mstl;
+mod naive;
+mod preset;
+mod season;
+
+pub use engine::{CandidateStats, Engine, EngineStatus};
+pub use history::{clip_outliers, level_shift_start};
+pub use preset::{ModelPreset, PresetError};
+pub use season::detect_periods;
+
+use serde::{Deserialize, Serialize};
+
+/// A stretch of a workload's history grid: `values[k]` is grid step `start + k`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    /// Grid index of `values[0]`.
+    pub start: usize,
+    /// Demand per grid step, gaps already filled.
+    pub values: &'a [f64],
+}
+
+impl Window<'_> {
+    /// Grid index one past the last value.
+    pub fn end(&self) -> usize {
+        self.start + self.values.len()
+    }
+
+    /// Value at absolute grid index `k`, if inside the window.
+    pub fn get(&self, k: usize) -> Option<f64> {
+        k.checked_sub(self.start)
+            .and_then(|i| self.values.get(i).copied())
+    }
+}
+
+/// Why forecasting failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ForecastError {
+    /// Too little history for this model or for calibration.
+    #[error("not enough history: need {need} samples, have {have}")]
+    NotEnoughData {
+        /// Samples needed.
+        need: usize,
+        /// Samples available.
+        have: usize,
+    },
+    /// A sample was not usable (NaN, infinite, negative) and was refused.
+    #[error("invalid sample {value} at {at}")]
+    InvalidSample {
+        /// The offending value.
+        value: f64,
+        /// Its timestamp.
+        at: i64,
+    },
+    /// A sample's timestamp is not after the previous one.
+    #[error("sample at {at} is not after the previous sample at {last}")]
+    OutOfOrder {
+        /// The sample's timestamp.
+        at: i64,
+        /// The previous sample's timestamp.
+        last: i64,
+    },
+    /// The underlying model failed to fit or predict.
+    #[error("model {model} failed: {message}")]
+    Model {
+        /// Model name.
+        model: &'static str,
+        /// The model's message.
+        message: String,
+    },
+}
+
+impl ForecastError {
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForecastError::NotEnoughData { .. } => "not_enough_data",
+            ForecastError::InvalidSample { .. } => "invalid_sample",
+            ForecastError::OutOfOrder { .. } => "out_of_order",
+            ForecastError::Model { .. } => "model",
+        }
+    }
+}
+
+/// An unfitted model: learns from a window of history.
+pub trait Forecaster: Send + Sync {
+    /// Fit on `history`.
+    ///
+    /// # Errors
+    /// [`ForecastError::NotEnoughData`] or [`ForecastError::Model`].
+    fn fit(&self, history: Window<'_>) -> Result<Box<dyn FittedModel>, ForecastError>;
+}
+
+/// A fitted model.
+pub trait FittedModel: Send + Sync {
+    /// Point forecast for the `horizon` grid steps after `context.end()`. `context` starts at or
+    /// before the training window's end and may run past it.
+    ///
+    /// # Errors
+    /// [`ForecastError::Model`] when the context does not fit the model.
+    fn predict(&self, context: Window<'_>, horizon: usize) -> Result<Vec<f64>, ForecastError>;
+}
+
+/// The models prescale can fit. Names are stable: they appear in presets, CSV, JSON and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Last value carried forward: what a purely reactive autoscaler assumes.
+    Persistence,
+    /// The value one season ago (the strongest detected period); persistence when none.
+    SeasonalNaive,
+    /// MSTL decomposition on the detected periods with AutoETS on the trend (augurs).
+    MstlEts,
+    /// Linear regression (linfa) on recent lags and seasonal lags, applied recursively.
+    Linear,
+    /// Damped additive-trend exponential smoothing (augurs ETS, AAdN/MAdN).
+    DampedTrend,
+}
+
+impl ModelKind {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Persistence => "persistence",
+            ModelKind::SeasonalNaive => "seasonal_naive",
+            ModelKind::MstlEts => "mstl_ets",
+            ModelKind::Linear => "linear",
+            ModelKind::DampedTrend => "damped_trend",
+        }
+    }
+
+    /// Builds the forecaster for the periods detected in this workload's history.
+    pub fn build(self, periods: &[usize], fit: &FitSettings) -> Box<dyn Forecaster> {
+        match self {
+            ModelKind::Persistence => Box::new(naive::SeasonalNaive { period: None }),
+            ModelKind::SeasonalNaive => Box::new(naive::SeasonalNaive {
+                period: periods.first().copied(),
+            }),
+            ModelKind::MstlEts => Box::new(mstl::MstlEts {
+                periods: periods.to_vec(),
+                path_len: fit.path_len,
+            }),
+            ModelKind::Linear => Box::new(linear::LagRegression {
+                periods: periods.to_vec(),
+                max_rows: fit.max_regression_rows,
+            }),
+            ModelKind::DampedTrend => Box::new(damped::DampedTrend {
+                path_len: fit.path_len,
+                max_points: fit.max_trend_points,
+            }),
+        }
+    }
+}
+
+/// Settings shared by model fits.
+#[derive(Debug, Clone)]
+pub struct FitSettings {
+    /// Steps a path model precomputes past its training end (refit interval plus horizon).
+    pub path_len: usize,
+    /// Most rows a regression is fitted on.
+    pub max_regression_rows: usize,
+    /// Most (latest) points the damped trend is fitted on.
+    pub max_trend_points: usize,
+}
+
+/// Exponentially weighted mean of the residuals of `context` against `base` from `from` on:
+/// how far the series has drifted from a model's path since the model was fitted.
+fn drift(context: Window<'_>, from: usize, alpha: f64, base: impl Fn(usize) -> f64) -> f64 {
+    let mut c = 0.0;
+    for k in from.max(context.start)..context.end() {
+        if let Some(y) = context.get(k) {
+            c += alpha * ((y - base(k)) - c);
+        }
+    }
+    c
+}

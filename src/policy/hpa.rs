@@ -1,0 +1,277 @@
+//! The Kubernetes HPA algorithm (autoscaling/v2, no `behavior`): the reactive baseline.
+//!
+//! Follows the controller's rules for a pods metric with a utilisation target: tolerance band,
+//! unready pods counted at 0% on scale-up, scale-down stabilisation over past recommendations,
+//! and the legacy scale-up limit of max(2 × current, 4) per sync. Demand is the metric: ready
+//! pods share it, each with `capacity` as its request.
+
+use crate::domain::{Decision, Reason, Term, Timestamp};
+
+use super::{Observation, ScalingPolicy};
+
+/// HPA settings; defaults are the controller-manager's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HpaConfig {
+    /// Demand one pod serves at 100% utilisation (its request).
+    pub capacity: f64,
+    /// Target utilisation as a fraction (0.7 = 70%).
+    pub target_utilization: f64,
+    /// Tolerance band around ratio 1.0 inside which nothing changes.
+    pub tolerance: f64,
+    /// Controller sync period, seconds.
+    pub sync_period: u64,
+    /// Downscale stabilisation window, seconds.
+    pub downscale_stabilization: u64,
+    /// `minReplicas`.
+    pub min_replicas: u32,
+    /// `maxReplicas`.
+    pub max_replicas: u32,
+}
+
+impl HpaConfig {
+    /// Defaults of the controller for the given capacity and bounds.
+    pub fn new(capacity: f64, min_replicas: u32, max_replicas: u32) -> Self {
+        Self {
+            capacity,
+            target_utilization: 0.7,
+            tolerance: 0.1,
+            sync_period: 15,
+            downscale_stabilization: 300,
+            min_replicas,
+            max_replicas,
+        }
+    }
+}
+
+/// The HPA controller for one workload, with its recommendation memory.
+#[derive(Debug, Clone)]
+pub struct HpaPolicy {
+    cfg: HpaConfig,
+    /// (recommendation, time) pairs: the stabilisation memory.
+    recommendations: Vec<(u32, Timestamp)>,
+    seeded: bool,
+    /// Length of the decision period the HPA is simulated over (syncs per decision).
+    period: u64,
+}
+
+impl HpaPolicy {
+    /// A fresh controller; `period` is the decision period it runs syncs over.
+    pub fn new(cfg: HpaConfig, period: u64) -> Self {
+        Self {
+            cfg,
+            recommendations: Vec::new(),
+            seeded: false,
+            period: period.max(1),
+        }
+    }
+
+    fn within_tolerance(&self, ratio: f64) -> bool {
+        (1.0 - self.cfg.tolerance) <= ratio && ratio <= (1.0 + self.cfg.tolerance)
+    }
+
+    /// One controller sync. Returns the new `spec.replicas`.
+    pub fn sync(&mut self, now: Timestamp, current: u32, ready: u32, demand: f64) -> u32 {
+        let cfg = &self.cfg;
+        if !self.seeded {
+            self.recommendations.push((current, now));
+            self.seeded = true;
+        }
+        if current == 0 && cfg.min_replicas != 0 {
+            return current;
+        }
+        if current > cfg.max_replicas {
+            return cfg.max_replicas;
+        }
+        if current < cfg.min_replicas {
+            return cfg.min_replicas;
+        }
+        let ready = ready.min(current);
+        let unready = current - ready;
+        if ready == 0 {
+            // No samples from ready pods: the metric errors and the HPA does not scale.
+            return current;
+        }
+        let target_pct = cfg.target_utilization * 100.0;
+        let util = (demand * 100.0 / (f64::from(ready) * cfg.capacity)).trunc();
+        let ratio = util / target_pct;
+        let proposal = if unready > 0 && ratio > 1.0 {
+            // Unready pods are added back at 0% utilisation, which damps the scale-up.
+            let all = f64::from(ready + unready);
+            let util2 = (demand * 100.0 / (all * cfg.capacity)).trunc();
+            let ratio2 = util2 / target_pct;
+            if self.within_tolerance(ratio2) || ratio2 < 1.0 {
+                current
+            } else {
+                let new = ceil_u32(ratio2 * all);
+                if new < current { current } else { new }
+            }
+        } else if self.within_tolerance(ratio) {
+            current
+        } else {
+            ceil_u32(ratio * f64::from(ready))
+        };
+        // Legacy normalisation: stabilise on the max of recent recommendations, then limit.
+        let cutoff = now - self.cfg.downscale_stabilization as i64;
+        self.recommendations.retain(|&(_, t)| t > cutoff);
+        let stabilized = self
+            .recommendations
+            .iter()
+            .map(|&(r, _)| r)
+            .fold(proposal, u32::max);
+        self.recommendations.push((proposal, now));
+        let up_limit = (current.saturating_mul(2)).max(4);
+        stabilized.clamp(
+            self.cfg.min_replicas,
+            self.cfg
+                .max_replicas
+                .min(up_limit)
+                .max(self.cfg.min_replicas),
+        )
+    }
+}
+
+impl ScalingPolicy for HpaPolicy {
+    fn recommend(&mut self, obs: &Observation<'_>) -> Decision {
+        let mut replicas = obs.current_replicas;
+        let syncs = (self.period / self.cfg.sync_period).max(1);
+        for k in 0..syncs {
+            let now = obs.now + (k * self.cfg.sync_period) as i64;
+            replicas = match obs.demand {
+                Some(d) => self.sync(now, replicas, obs.ready_replicas, d),
+                // A metric error: the HPA holds.
+                None => replicas,
+            };
+        }
+        let term = if obs.demand.is_none() {
+            Term::MissingData
+        } else {
+            Term::Reactive
+        };
+        Decision {
+            desired_replicas: replicas,
+            reason: Reason {
+                term,
+                forecast_peak: 0.0,
+                forecast_peak_at: None,
+                forecast_point_peak: 0.0,
+                model: "hpa",
+                quantile: 0.0,
+                lead_seconds: 0,
+                raw_replicas: replicas,
+            },
+        }
+    }
+}
+
+/// `ceil` for a non-negative ratio, saturating, with a small tolerance so that 3.0000000001
+/// (float noise) stays 3.
+pub(crate) fn ceil_u32(x: f64) -> u32 {
+    if !x.is_finite() || x <= 0.0 {
+        return 0;
+    }
+    let c = (x - 1e-9).ceil();
+    if c >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        c as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hpa() -> HpaPolicy {
+        HpaPolicy::new(HpaConfig::new(10.0, 1, 100), 15)
+    }
+
+    #[test]
+    fn scale_up_follows_ratio_times_ready_pods() {
+        // 4 ready pods, demand 56 -> util 140% vs target 70% -> ratio 2.0 -> 8 pods.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 4, 4, 56.0), 8);
+    }
+
+    #[test]
+    fn ratio_inside_tolerance_keeps_current() {
+        // util = 30/(4*10) = 75% -> ratio 1.071 (inside 10%).
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 4, 4, 30.0), 4);
+        // util 78% -> ratio 1.114 -> ceil(1.114*4) = 5.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 4, 4, 31.2), 5);
+    }
+
+    #[test]
+    fn scale_up_limit_is_twice_current_or_four() {
+        // demand needs 100 pods at 70%, from 1 pod: limited to max(2,4) = 4.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 1, 1, 700.0), 4);
+        // from 10 pods: limited to 20.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 10, 10, 700.0), 20);
+    }
+
+    #[test]
+    fn unready_pods_count_as_zero_on_scale_up() {
+        // 4 ready + 4 unready, demand 40: ready-only ratio = 100/70 = 1.43 (> 1) so the unready
+        // pods are added back at 0: util over 8 pods = 50% -> ratio 0.714 < 1 -> direction
+        // flipped -> keep 8.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 8, 4, 40.0), 8);
+        // demand 80 -> util over 8 = 100% -> ratio 1.43 -> ceil(1.43*8) = 12.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 8, 4, 80.0), 12);
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_stabilization_window() {
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 10, 10, 70.0), 10); // ratio 1.0
+        // demand drops: proposal 2 but the recommendation 10 at t=0 is inside 300 s.
+        assert_eq!(h.sync(15, 10, 10, 14.0), 10);
+        assert_eq!(h.sync(299, 10, 10, 14.0), 10);
+        // at t=300 the t=0 record is no longer after the cutoff; t=15 and t=299 proposed 2.
+        assert_eq!(h.sync(300, 10, 10, 14.0), 2);
+    }
+
+    #[test]
+    fn bounds_are_applied_and_missing_ready_pods_hold() {
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 2, 5), 15);
+        assert_eq!(h.sync(0, 1, 1, 0.0), 2, "below min goes to min");
+        assert_eq!(h.sync(15, 9, 9, 0.0), 5, "above max goes to max");
+        assert_eq!(
+            h.sync(30, 4, 0, 100.0),
+            4,
+            "no ready pod: metric errors, hold"
+        );
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 2, 5), 15);
+        assert_eq!(h.sync(0, 4, 4, 1000.0), 5, "scale-up capped at max");
+    }
+
+    #[test]
+    fn recommend_runs_one_sync_per_15s_of_the_period() {
+        // A 60 s period runs 4 syncs: 1 -> 4 -> 8 -> 16 -> 32 pods for a demand of 300
+        // (needs 43) with all pods ready.
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 1, 100), 60);
+        let obs = Observation {
+            now: 0,
+            demand: Some(300.0),
+            current_replicas: 1,
+            ready_replicas: 1,
+            forecast: None,
+        };
+        // Ready stays 1 within the period: the new pods are unready, counted at 0%, yet the
+        // ratio stays far above 1, so each sync doubles until the period ends.
+        let d = h.recommend(&obs);
+        assert_eq!(d.desired_replicas, 32);
+    }
+
+    #[test]
+    fn ceil_tolerates_float_noise() {
+        assert_eq!(ceil_u32(3.000_000_000_1), 3);
+        assert_eq!(ceil_u32(3.01), 4);
+        assert_eq!(ceil_u32(0.0), 0);
+        assert_eq!(ceil_u32(f64::NAN), 0);
+    }
+}

@@ -1,0 +1,437 @@
+//! `prescale replay`: the forecaster and policies run over a recorded trace under the replay
+//! contract (decisions use data up to their row; pods start `startup` after the next row).
+
+mod physics;
+mod plot;
+mod report;
+mod suite;
+mod trace;
+
+pub use physics::{Pods, unserved};
+pub use report::{write_decisions, write_summary};
+pub use suite::{Suite, SuiteEntry, SuiteRow, run_suite};
+pub use trace::{Trace, TraceError};
+
+use serde::Serialize;
+
+use crate::domain::{Decision, Term};
+use crate::forecast::{CandidateStats, Engine, EngineStatus, ModelPreset};
+use crate::policy::{
+    HpaConfig, HpaPolicy, Observation, PolicyConfig, PolicyConfigError, PredictivePolicy,
+    ScalingPolicy,
+};
+
+/// A policy `prescale replay` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// prescale's forecaster and predictive policy.
+    Predictive,
+    /// The Kubernetes HPA algorithm with its defaults.
+    Hpa,
+    /// Perfect foresight: exactly ceil(demand / capacity) ready replicas on every row.
+    Oracle,
+}
+
+impl PolicyName {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::Predictive => "predictive",
+            PolicyName::Hpa => "hpa",
+            PolicyName::Oracle => "oracle",
+        }
+    }
+}
+
+/// Everything a replay needs besides the trace.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// Demand one ready replica serves.
+    pub capacity: f64,
+    /// Seconds from a scale-up decision's effect to the new pods being ready.
+    pub startup: u64,
+    /// Lowest replicas (predictive and hpa).
+    pub min_replicas: u32,
+    /// Highest replicas (predictive and hpa).
+    pub max_replicas: u32,
+    /// The HPA baseline's target utilisation.
+    pub hpa_target_utilization: f64,
+    /// Model preset of the predictive policy.
+    pub preset: ModelPreset,
+    /// Policies to run.
+    pub policies: Vec<PolicyName>,
+    /// Rows before this one are warm-up and not scored.
+    pub score_from_row: usize,
+}
+
+/// One row of a policy's replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The row's timestamp.
+    pub timestamp: i64,
+    /// Demand on the row.
+    pub demand: f64,
+    /// The decision made at this row (effective from the next row).
+    pub desired_replicas: u32,
+    /// Replicas ready (serving) on this row.
+    pub ready_replicas: u32,
+    /// All replicas on this row, starting ones included.
+    pub total_replicas: u32,
+    /// Demand not served on this row.
+    pub unserved: f64,
+    /// Highest point forecast over the lead window (predictive only).
+    pub forecast_point: Option<f64>,
+    /// Highest upper-quantile forecast over the lead window (predictive only).
+    pub forecast_upper: Option<f64>,
+    /// Model behind the forecast.
+    pub model: &'static str,
+    /// Policy term that decided.
+    pub term: Term,
+}
+
+/// Scores of one policy over the scored rows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Scores {
+    /// Unserved demand / total demand.
+    pub unserved_fraction: f64,
+    /// Fraction of scored rows with unserved demand.
+    pub overloaded_time_fraction: f64,
+    /// Replica-hours, starting pods included (each row counts one cadence).
+    pub replica_hours: f64,
+    /// Replica-hours / the oracle's replica-hours.
+    pub cost_vs_oracle: Option<f64>,
+    /// Rows scored.
+    pub scored_rows: usize,
+    /// Times the replica count changed.
+    pub scale_changes: usize,
+}
+
+/// Forecast accuracy of one model at the lead horizon.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelAccuracy {
+    /// Model name (`published` is the forecast the policy actually used).
+    pub model: String,
+    /// Forecasts scored.
+    pub count: usize,
+    /// Mean absolute error / mean absolute one-step change of the series (MASE).
+    pub mase: Option<f64>,
+    /// Mean pinball loss of the upper quantile / mean demand.
+    pub scaled_pinball: Option<f64>,
+    /// Fraction of actuals at or below the upper quantile.
+    pub coverage: Option<f64>,
+    /// Share of published forecasts that used this model.
+    pub selected_share: Option<f64>,
+}
+
+/// The result of replaying one trace.
+#[derive(Debug, Clone)]
+pub struct ReplayResult {
+    /// Rows per policy, in the order of `ReplayConfig::policies`.
+    pub rows: Vec<(PolicyName, Vec<Row>)>,
+    /// Summary for `summary.json`.
+    pub summary: Summary,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Trace file.
+    pub trace: String,
+    /// Rows in the trace.
+    pub rows: usize,
+    /// Median spacing of rows, seconds.
+    pub cadence_seconds: u64,
+    /// Demand per ready replica.
+    pub capacity: f64,
+    /// Pod startup, seconds.
+    pub startup_seconds: u64,
+    /// First scored row.
+    pub score_from_row: usize,
+    /// Lead window of the predictive policy, seconds.
+    pub lead_seconds: u64,
+    /// Model preset.
+    pub model_preset: String,
+    /// Scores per policy.
+    pub policies: std::collections::BTreeMap<String, Scores>,
+    /// Forecast accuracy at the lead horizon (predictive only).
+    pub forecast: Vec<ModelAccuracy>,
+    /// Final forecasting status (predictive only).
+    pub forecast_status: Option<EngineStatus>,
+    /// Wall time of the replay, seconds.
+    pub elapsed_seconds: f64,
+}
+
+/// Runs the configured policies over `trace`.
+///
+/// # Errors
+/// When the policy settings are invalid.
+pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyConfigError> {
+    let clock = std::time::Instant::now();
+    let cadence = trace.cadence();
+    let policy_cfg = PolicyConfig::new(
+        cfg.capacity,
+        cfg.min_replicas,
+        cfg.max_replicas,
+        cfg.startup,
+        cadence,
+    );
+    policy_cfg.validate()?;
+    let lead_steps = policy_cfg.lead_seconds().div_ceil(cadence) as usize;
+    let initial = initial_replicas(trace.values[0], cfg);
+    let mut rows = Vec::new();
+    let mut forecast = Vec::new();
+    let mut status = None;
+    for &name in &cfg.policies {
+        let r = match name {
+            PolicyName::Oracle => oracle_rows(trace, cfg.capacity),
+            PolicyName::Hpa => {
+                let mut hpa = HpaPolicy::new(
+                    HpaConfig {
+                        target_utilization: cfg.hpa_target_utilization,
+                        ..HpaConfig::new(cfg.capacity, cfg.min_replicas, cfg.max_replicas)
+                    },
+                    cadence,
+                );
+                run_policy(trace, cfg, initial, |_, obs| hpa.recommend(obs))
+            }
+            PolicyName::Predictive => {
+                let mut engine = Engine::new(cfg.preset.clone(), cadence, lead_steps);
+                let mut policy = PredictivePolicy::new(policy_cfg.clone())?;
+                let r = run_policy(trace, cfg, initial, |i, obs| {
+                    if i == cfg.score_from_row {
+                        engine.set_evaluating(true);
+                    }
+                    // A sample the engine refuses counts as missing data: replicas hold.
+                    let ok = obs
+                        .demand
+                        .is_some_and(|d| engine.observe(obs.now, d).is_ok());
+                    let f = if ok {
+                        engine.forecast(lead_steps).ok()
+                    } else {
+                        None
+                    };
+                    policy.recommend(&Observation {
+                        forecast: f.as_ref(),
+                        demand: if ok { obs.demand } else { None },
+                        ..*obs
+                    })
+                });
+                forecast = accuracy(trace, cfg.score_from_row, &engine);
+                status = Some(engine.status());
+                r
+            }
+        };
+        rows.push((name, r));
+    }
+    let oracle_hours: f64 = trace
+        .values
+        .iter()
+        .skip(cfg.score_from_row)
+        .map(|d| {
+            f64::from(crate::policy::ceil_replicas(*d / cfg.capacity)) * cadence as f64 / 3600.0
+        })
+        .sum();
+    let policies = rows
+        .iter()
+        .map(|(name, r)| {
+            (
+                name.as_str().to_string(),
+                score(r, cfg.score_from_row, cadence, oracle_hours),
+            )
+        })
+        .collect();
+    Ok(ReplayResult {
+        rows,
+        summary: Summary {
+            trace: trace.path.display().to_string(),
+            rows: trace.len(),
+            cadence_seconds: cadence,
+            capacity: cfg.capacity,
+            startup_seconds: cfg.startup,
+            score_from_row: cfg.score_from_row,
+            lead_seconds: policy_cfg.lead_seconds(),
+            model_preset: cfg.preset.name.clone(),
+            policies,
+            forecast,
+            forecast_status: status,
+            elapsed_seconds: clock.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+fn initial_replicas(first_demand: f64, cfg: &ReplayConfig) -> u32 {
+    crate::policy::ceil_replicas(first_demand / cfg.capacity)
+        .clamp(cfg.min_replicas, cfg.max_replicas)
+}
+
+/// Steps the physics row by row; `decide(i, demand, obs)` sees only rows up to `i`.
+fn run_policy(
+    trace: &Trace,
+    cfg: &ReplayConfig,
+    initial: u32,
+    mut decide: impl FnMut(usize, &Observation<'_>) -> Decision,
+) -> Vec<Row> {
+    let mut pods = Pods::ready(initial);
+    let mut out = Vec::with_capacity(trace.len());
+    for (i, (&t, &d)) in trace.timestamps.iter().zip(&trace.values).enumerate() {
+        let ready = pods.ready_at(t);
+        let total = pods.total();
+        let obs = Observation {
+            now: t,
+            demand: Some(d),
+            current_replicas: total,
+            ready_replicas: ready,
+            forecast: None,
+        };
+        let decision = decide(i, &obs);
+        let has_forecast = decision.reason.forecast_peak_at.is_some();
+        let band = has_forecast.then_some((
+            decision.reason.forecast_point_peak,
+            decision.reason.forecast_peak,
+        ));
+        out.push(Row {
+            timestamp: t,
+            demand: d,
+            desired_replicas: decision.desired_replicas,
+            ready_replicas: ready,
+            total_replicas: total,
+            unserved: unserved(d, ready, cfg.capacity),
+            forecast_point: band.map(|b| b.0),
+            forecast_upper: band.map(|b| b.1),
+            model: decision.reason.model,
+            term: decision.reason.term,
+        });
+        if let Some(&next) = trace.timestamps.get(i + 1) {
+            pods.apply(decision.desired_replicas, next, cfg.startup);
+        }
+    }
+    out
+}
+
+fn oracle_rows(trace: &Trace, capacity: f64) -> Vec<Row> {
+    trace
+        .timestamps
+        .iter()
+        .zip(&trace.values)
+        .map(|(&t, &d)| {
+            let r = crate::policy::ceil_replicas(d / capacity);
+            Row {
+                timestamp: t,
+                demand: d,
+                desired_replicas: r,
+                ready_replicas: r,
+                total_replicas: r,
+                unserved: 0.0,
+                forecast_point: None,
+                forecast_upper: None,
+                model: "oracle",
+                term: Term::Forecast,
+            }
+        })
+        .collect()
+}
+
+fn score(rows: &[Row], from: usize, cadence: u64, oracle_hours: f64) -> Scores {
+    let scored = rows.get(from..).unwrap_or(&[]);
+    let mut demand = 0.0;
+    let mut unserved = 0.0;
+    let mut overloaded = 0;
+    let mut hours = 0.0;
+    for r in scored {
+        demand += r.demand;
+        unserved += r.unserved;
+        overloaded += usize::from(r.unserved > 0.0);
+        hours += f64::from(r.total_replicas) * cadence as f64 / 3600.0;
+    }
+    let changes = rows
+        .windows(2)
+        .filter(|w| w[0].desired_replicas != w[1].desired_replicas)
+        .count();
+    Scores {
+        unserved_fraction: if demand > 0.0 { unserved / demand } else { 0.0 },
+        overloaded_time_fraction: if scored.is_empty() {
+            0.0
+        } else {
+            overloaded as f64 / scored.len() as f64
+        },
+        replica_hours: hours,
+        cost_vs_oracle: (oracle_hours > 0.0).then(|| hours / oracle_hours),
+        scored_rows: scored.len(),
+        scale_changes: changes,
+    }
+}
+
+fn accuracy(trace: &Trace, from: usize, engine: &Engine) -> Vec<ModelAccuracy> {
+    let v = trace.values.get(from..).unwrap_or(&[]);
+    let naive_mae = if v.len() > 1 {
+        v.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let mean = if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let stats: Vec<CandidateStats> = engine.candidate_stats();
+    let published: usize = stats.iter().map(|s| s.selected).sum();
+    let mut out: Vec<ModelAccuracy> = stats
+        .iter()
+        .map(|s| {
+            let n = s.count as f64;
+            ModelAccuracy {
+                model: s.model.to_string(),
+                count: s.count,
+                mase: (s.count > 0 && naive_mae > 0.0).then(|| s.abs_error_sum / n / naive_mae),
+                scaled_pinball: (s.count > 0 && mean > 0.0).then(|| s.pinball_sum / n / mean),
+                coverage: (s.count > 0).then(|| s.covered as f64 / n),
+                selected_share: (published > 0).then(|| s.selected as f64 / published as f64),
+            }
+        })
+        .collect();
+    out.push(ModelAccuracy {
+        model: "published".into(),
+        count: published,
+        mase: None,
+        scaled_pinball: None,
+        coverage: engine.status().coverage,
+        selected_share: None,
+    });
+    out
+}
+
+/// Writes `decisions.csv` (predictive when it ran, else the first policy),
+/// `decisions_<policy>.csv` for the others, `summary.json` and `replay.svg` into `dir`.
+///
+/// # Errors
+/// I/O errors, or a plot that cannot be drawn.
+pub fn write_outputs(
+    dir: &std::path::Path,
+    result: &ReplayResult,
+    title: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let main = result
+        .rows
+        .iter()
+        .position(|(p, _)| *p == PolicyName::Predictive)
+        .unwrap_or(0);
+    for (i, (name, rows)) in result.rows.iter().enumerate() {
+        let file = if i == main {
+            "decisions.csv".to_string()
+        } else {
+            format!("decisions_{}.csv", name.as_str())
+        };
+        write_decisions(&dir.join(file), rows)?;
+    }
+    write_summary(&dir.join("summary.json"), &result.summary)?;
+    plot::write_plot(
+        &dir.join("replay.svg"),
+        title,
+        result.summary.capacity,
+        &result.rows,
+    )
+    .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    Ok(())
+}
