@@ -20,6 +20,11 @@ pub struct Forecast {
     pub upper: Vec<f64>,
     /// The quantile level of `upper`, for example 0.9.
     pub quantile: f64,
+    /// The band the policy provisions for: the quantile at `provision_level`, which the
+    /// preset's headroom rule may tune per workload (equal to `upper` when it does not).
+    pub provision: Vec<f64>,
+    /// Quantile level of `provision`.
+    pub provision_level: f64,
     /// Name of the model that produced `point`.
     pub model: &'static str,
     /// True when the workload's models forecast worse than reacting would, so `point` comes from

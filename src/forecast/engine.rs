@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::domain::{Forecast, Timestamp};
 
-use super::preset::ResidualScale;
+use super::headroom::{HeadroomTuner, LADDER, REACTIVE_STABILIZATION_SECONDS};
+use super::preset::{Headroom, ResidualScale};
 use super::{
     FitSettings, FittedModel, ForecastError, ModelKind, ModelPreset, Window, clip_outliers,
     detect_periods, level_shift_start,
@@ -145,14 +146,15 @@ pub struct Engine {
     cands: Vec<Candidate>,
     selected: usize,
     demoted: bool,
-    published: VecDeque<(usize, Vec<f64>)>,
+    /// Published forecasts awaiting their actuals: (origin end, upper band, lead-step point).
+    published: VecDeque<(usize, Vec<f64>, f64)>,
+    published_stats: CandidateStats,
     levels: Vec<f64>,
     recent_cover: VecDeque<bool>,
-    covered: usize,
-    cover_total: usize,
     evaluating: bool,
     refits: usize,
     fit_failures: usize,
+    tuner: HeadroomTuner,
 }
 
 impl Engine {
@@ -219,14 +221,23 @@ impl Engine {
             selected: 0,
             demoted: false,
             published: VecDeque::new(),
+            published_stats: CandidateStats {
+                model: "published",
+                ..CandidateStats::default()
+            },
             levels: vec![q; lead],
             recent_cover: VecDeque::new(),
-            covered: 0,
-            cover_total: 0,
             evaluating: false,
             refits: 0,
             fit_failures: 0,
+            tuner: HeadroomTuner::new(sel_window, lead),
         }
+    }
+
+    /// Tells the headroom tuner the demand one replica serves, so that it weighs provisions
+    /// in whole replicas as the policy will ask for them.
+    pub fn set_replica_capacity(&mut self, capacity: f64) {
+        self.tuner.set_unit(capacity);
     }
 
     /// Starts (or stops) accumulating backtest statistics, e.g. after a replay's warm-up.
@@ -234,9 +245,12 @@ impl Engine {
         self.evaluating = on;
     }
 
-    /// Backtest statistics of every candidate (persistence first).
+    /// Backtest statistics of every candidate (persistence first), then of the published
+    /// forecast (model `published`).
     pub fn candidate_stats(&self) -> Vec<CandidateStats> {
-        self.cands.iter().map(|c| c.stats.clone()).collect()
+        let mut v: Vec<CandidateStats> = self.cands.iter().map(|c| c.stats.clone()).collect();
+        v.push(self.published_stats.clone());
+        v
     }
 
     /// Current status.
@@ -245,7 +259,8 @@ impl Engine {
             model: self.cands[self.selected].kind.as_str(),
             periods: self.periods.clone(),
             demoted: self.demoted,
-            coverage: (self.cover_total > 0).then(|| self.covered as f64 / self.cover_total as f64),
+            coverage: (self.published_stats.count > 0)
+                .then(|| self.published_stats.covered as f64 / self.published_stats.count as f64),
             refits: self.refits,
             fit_failures: self.fit_failures,
             samples: self.values.len(),
@@ -369,8 +384,9 @@ impl Engine {
                 c.pending.pop_front();
             }
         }
+        self.tuner.mature(idx, y, scored);
         // Published forecasts: coverage and adaptive conformal levels.
-        for (origin_end, upper) in &self.published {
+        for (origin_end, upper, point_lead) in &self.published {
             let Some(j) = idx.checked_sub(*origin_end) else {
                 continue;
             };
@@ -387,15 +403,18 @@ impl Engine {
                     self.recent_cover.pop_front();
                 }
                 if evaluating {
-                    self.cover_total += 1;
-                    self.covered += usize::from(!miss);
+                    let s = &mut self.published_stats;
+                    s.count += 1;
+                    s.covered += usize::from(!miss);
+                    s.abs_error_sum += (y - point_lead).abs();
+                    s.pinball_sum += pinball(y, upper[j], q);
                 }
             }
         }
         while self
             .published
             .front()
-            .is_some_and(|(o, _)| o + lead <= idx + 1)
+            .is_some_and(|(o, _, _)| o + lead <= idx + 1)
         {
             self.published.pop_front();
         }
@@ -479,6 +498,30 @@ impl Engine {
         self.selected = if self.demoted { 0 } else { best };
     }
 
+    /// Tells the headroom tuner what each ladder level would provision over the lead window
+    /// from the selected model's forecast at `end`.
+    fn issue_headroom(&mut self, end: usize) {
+        let c = &self.cands[self.selected];
+        let Some(p) = c.pending.back().filter(|p| p.origin_end == end) else {
+            return;
+        };
+        let peaks: [f64; LADDER.len()] = std::array::from_fn(|i| {
+            (0..self.lead)
+                .map(|j| {
+                    let r = c.resid[j].quantile(LADDER[i]).unwrap_or(0.0);
+                    (p.point[j] + r * p.scale[j]).max(0.0)
+                })
+                .fold(0.0, f64::max)
+        });
+        let hold = (REACTIVE_STABILIZATION_SECONDS / self.step) as usize + 1;
+        let n = self.values.len();
+        let recent = self.values[n.saturating_sub(hold)..]
+            .iter()
+            .copied()
+            .fold(0.0, f64::max);
+        self.tuner.issue(end, peaks, recent);
+    }
+
     /// The calibrated forecast for the next `horizon` steps from the latest sample.
     ///
     /// # Errors
@@ -527,6 +570,7 @@ impl Engine {
                 });
             }
             self.select();
+            self.issue_headroom(end);
         }
         let sel = self.selected;
         let have = self.cands[sel].resid[lead - 1].len();
@@ -541,12 +585,18 @@ impl Engine {
             .as_ref()
             .ok_or(ForecastError::NotEnoughData { need, have: n })?;
         let point = fitted.predict(self.window(), horizon.max(1))?;
+        let provision_level = match self.preset.headroom {
+            Headroom::Quantile => q,
+            Headroom::ReactiveParity => self.tuner.level(q),
+        };
         let mut upper = Vec::with_capacity(point.len());
+        let mut provision = Vec::with_capacity(point.len());
         let mut clean = Vec::with_capacity(point.len());
         for (j, &p) in point.iter().enumerate() {
             let h = j.min(lead - 1);
-            let level = self.levels[h];
-            let r = self.cands[sel].resid[h].quantile(level).unwrap_or(0.0);
+            let resid = &self.cands[sel].resid[h];
+            let r = resid.quantile(self.levels[h]).unwrap_or(0.0);
+            let rp = resid.quantile(provision_level).unwrap_or(0.0);
             // Beyond the lead window no residuals are kept: widen like a random walk.
             let widen = if j < lead {
                 1.0
@@ -554,12 +604,15 @@ impl Engine {
                 ((j + 1) as f64 / lead as f64).sqrt()
             };
             let p = p.max(0.0);
+            let s = self.scale(p);
             clean.push(p);
-            upper.push((p + r * widen * self.scale(p)).max(p));
+            upper.push((p + r * widen * s).max(p));
+            provision.push((p + rp * widen * s).max(p));
         }
         if fresh {
+            let point_lead = clean[(lead - 1).min(clean.len() - 1)];
             self.published
-                .push_back((end, upper[..lead.min(upper.len())].to_vec()));
+                .push_back((end, upper[..lead.min(upper.len())].to_vec(), point_lead));
             if self.evaluating {
                 self.cands[sel].stats.selected += 1;
             }
@@ -574,6 +627,8 @@ impl Engine {
             point: clean,
             upper,
             quantile: q,
+            provision,
+            provision_level,
             model: self.cands[sel].kind.as_str(),
             demoted: self.demoted,
             confident,

@@ -18,6 +18,7 @@
 
 mod damped;
 mod engine;
+mod headroom;
 mod history;
 mod linear;
 mod mstl;
@@ -27,7 +28,7 @@ mod season;
 
 pub use engine::{CandidateStats, Engine, EngineStatus};
 pub use history::{clip_outliers, level_shift_start};
-pub use preset::{ModelPreset, PresetError};
+pub use preset::{Headroom, ModelPreset, PresetError, ResidualScale};
 pub use season::detect_periods;
 
 use serde::{Deserialize, Serialize};

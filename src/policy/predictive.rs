@@ -148,17 +148,17 @@ impl PredictivePolicy {
         &self.cfg
     }
 
-    /// The highest upper-quantile (and point) demand over the lead window.
+    /// The highest provisioning-band (and point) demand over the lead window.
     fn window_peak(&self, f: &Forecast, now: Timestamp) -> Option<(f64, f64, Timestamp)> {
         // Rows from the next decision until a pod asked for at the next decision is ready.
         let end = now + (2 * self.cfg.period_seconds + self.cfg.startup_seconds) as i64;
         let mut best: Option<(f64, f64, Timestamp)> = None;
-        for k in 0..f.upper.len() {
+        for k in 0..f.provision.len() {
             let at = f.at(k);
             if at >= end && best.is_some() {
                 break;
             }
-            let (u, p) = (f.upper[k], f.point[k]);
+            let (u, p) = (f.provision[k], f.point[k]);
             if !(u.is_finite() && p.is_finite()) {
                 return None;
             }
@@ -205,7 +205,7 @@ impl ScalingPolicy for PredictivePolicy {
                 reason.forecast_point_peak = point;
                 reason.forecast_peak_at = Some(at);
                 reason.model = f.model;
-                reason.quantile = f.quantile;
+                reason.quantile = f.provision_level;
                 let want = ceil_u32(upper / (cfg.capacity * cfg.target_utilization));
                 if floor > want {
                     reason.term = Term::ReactiveFloor;
@@ -265,5 +265,176 @@ impl ScalingPolicy for PredictivePolicy {
             desired_replicas: desired,
             reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forecast(origin: Timestamp, point: f64, upper: f64) -> Forecast {
+        Forecast {
+            origin,
+            step: 60,
+            point: vec![point; 5],
+            upper: vec![upper; 5],
+            quantile: 0.9,
+            provision: vec![upper; 5],
+            provision_level: 0.9,
+            model: "linear",
+            demoted: false,
+            confident: true,
+        }
+    }
+
+    fn policy() -> PredictivePolicy {
+        let mut cfg = PolicyConfig::new(10.0, 2, 30, 120, 60);
+        cfg.scale_down_stabilization_seconds = 0;
+        PredictivePolicy::new(cfg).unwrap()
+    }
+
+    fn obs(f: Option<&Forecast>, demand: Option<f64>, current: u32) -> Observation<'_> {
+        Observation {
+            now: 0,
+            demand,
+            current_replicas: current,
+            ready_replicas: current,
+            forecast: f,
+        }
+    }
+
+    /// Deterministic pseudo-random numbers in [0, 1).
+    fn lcg(s: &mut u64) -> f64 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*s >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn desired_stays_within_min_and_max_whatever_the_inputs() {
+        let mut s = 1;
+        for _ in 0..5000 {
+            let mut p = policy();
+            let upper = lcg(&mut s) * 1000.0;
+            let f = forecast(0, upper * lcg(&mut s), upper);
+            let demand = (lcg(&mut s) < 0.9).then(|| lcg(&mut s) * 800.0);
+            let current = (lcg(&mut s) * 40.0) as u32;
+            let with_forecast = lcg(&mut s) < 0.8;
+            let d = p.recommend(&obs(with_forecast.then_some(&f), demand, current));
+            let (min, max) = (2, 30);
+            if demand.is_some() {
+                assert!((min..=max).contains(&d.desired_replicas), "{d:?}");
+            } else {
+                // Missing data holds: never lower than now, never above max unless already.
+                assert!(d.desired_replicas >= current, "{d:?}");
+                assert!(d.desired_replicas <= max.max(current), "{d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_data_never_lowers_replicas() {
+        for current in [0, 1, 5, 29, 30, 45] {
+            let mut p = policy();
+            let low = forecast(0, 0.0, 0.0);
+            let d = p.recommend(&obs(Some(&low), None, current));
+            assert!(d.desired_replicas >= current, "{current} -> {d:?}");
+            assert_eq!(d.reason.term, Term::MissingData);
+        }
+    }
+
+    #[test]
+    fn desired_does_not_fall_when_the_forecast_rises() {
+        let mut s = 7;
+        for _ in 0..2000 {
+            let demand = lcg(&mut s) * 200.0;
+            let current = 2 + (lcg(&mut s) * 20.0) as u32;
+            let u1 = lcg(&mut s) * 300.0;
+            let u2 = u1 + lcg(&mut s) * 100.0;
+            let (f1, f2) = (forecast(0, u1 * 0.8, u1), forecast(0, u2 * 0.8, u2));
+            let d1 = policy().recommend(&obs(Some(&f1), Some(demand), current));
+            let d2 = policy().recommend(&obs(Some(&f2), Some(demand), current));
+            assert!(
+                d2.desired_replicas >= d1.desired_replicas,
+                "{u1} -> {d1:?}, {u2} -> {d2:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lead_window_peak_decides_and_is_reported() {
+        let mut p = policy();
+        let mut f = forecast(0, 50.0, 60.0);
+        // Steps at 60, 120, 180 are inside the window (2 periods + startup = 240 s); 240 is not.
+        f.provision = vec![60.0, 60.0, 95.0, 400.0, 400.0];
+        let d = p.recommend(&obs(Some(&f), Some(50.0), 5));
+        assert_eq!(d.desired_replicas, 10);
+        assert_eq!(d.reason.term, Term::Forecast);
+        assert_eq!(d.reason.forecast_peak, 95.0);
+        assert_eq!(d.reason.forecast_peak_at, Some(180));
+        assert_eq!(d.reason.lead_seconds, 180);
+    }
+
+    #[test]
+    fn current_demand_is_a_floor_under_a_low_forecast() {
+        let mut p = policy();
+        let f = forecast(0, 10.0, 20.0);
+        let d = p.recommend(&obs(Some(&f), Some(120.0), 5));
+        assert_eq!(d.desired_replicas, 12);
+        assert_eq!(d.reason.term, Term::ReactiveFloor);
+    }
+
+    #[test]
+    fn an_unconfident_forecast_does_not_scale_down() {
+        let mut p = policy();
+        let mut f = forecast(0, 10.0, 20.0);
+        f.confident = false;
+        let d = p.recommend(&obs(Some(&f), Some(10.0), 20));
+        assert_eq!(d.desired_replicas, 20);
+        assert_eq!(d.reason.term, Term::Stabilization);
+    }
+
+    #[test]
+    fn scale_down_is_stabilised_over_the_window() {
+        let mut cfg = PolicyConfig::new(10.0, 1, 30, 120, 60);
+        cfg.scale_down_stabilization_seconds = 300;
+        let mut p = PredictivePolicy::new(cfg).unwrap();
+        let high = forecast(0, 150.0, 200.0);
+        let low = forecast(60, 10.0, 20.0);
+        assert_eq!(
+            p.recommend(&obs(Some(&high), Some(150.0), 5))
+                .desired_replicas,
+            20
+        );
+        let d = p.recommend(&Observation {
+            now: 60,
+            ..obs(Some(&low), Some(10.0), 20)
+        });
+        assert_eq!(d.desired_replicas, 20, "held by the 300 s window");
+        let d = p.recommend(&Observation {
+            now: 400,
+            ..obs(Some(&low), Some(10.0), 20)
+        });
+        assert_eq!(d.desired_replicas, 2, "window passed");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_by_field() {
+        let mut cfg = PolicyConfig::new(10.0, 5, 3, 120, 60);
+        assert!(
+            PredictivePolicy::new(cfg.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("min_replicas")
+        );
+        cfg.min_replicas = 1;
+        cfg.capacity = 0.0;
+        assert!(
+            PredictivePolicy::new(cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("capacity")
+        );
     }
 }

@@ -197,6 +197,7 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
             }
             PolicyName::Predictive => {
                 let mut engine = Engine::new(cfg.preset.clone(), cadence, lead_steps);
+                engine.set_replica_capacity(cfg.capacity);
                 let mut policy = PredictivePolicy::new(policy_cfg.clone())?;
                 let r = run_policy(trace, cfg, initial, |i, obs| {
                     if i == cfg.score_from_row {
@@ -375,8 +376,12 @@ fn accuracy(trace: &Trace, from: usize, engine: &Engine) -> Vec<ModelAccuracy> {
         v.iter().sum::<f64>() / v.len() as f64
     };
     let stats: Vec<CandidateStats> = engine.candidate_stats();
-    let published: usize = stats.iter().map(|s| s.selected).sum();
-    let mut out: Vec<ModelAccuracy> = stats
+    let published: usize = stats
+        .iter()
+        .filter(|s| s.model != "published")
+        .map(|s| s.selected)
+        .sum();
+    stats
         .iter()
         .map(|s| {
             let n = s.count as f64;
@@ -386,19 +391,11 @@ fn accuracy(trace: &Trace, from: usize, engine: &Engine) -> Vec<ModelAccuracy> {
                 mase: (s.count > 0 && naive_mae > 0.0).then(|| s.abs_error_sum / n / naive_mae),
                 scaled_pinball: (s.count > 0 && mean > 0.0).then(|| s.pinball_sum / n / mean),
                 coverage: (s.count > 0).then(|| s.covered as f64 / n),
-                selected_share: (published > 0).then(|| s.selected as f64 / published as f64),
+                selected_share: (published > 0 && s.model != "published")
+                    .then(|| s.selected as f64 / published as f64),
             }
         })
-        .collect();
-    out.push(ModelAccuracy {
-        model: "published".into(),
-        count: published,
-        mase: None,
-        scaled_pinball: None,
-        coverage: engine.status().coverage,
-        selected_share: None,
-    });
-    out
+        .collect()
 }
 
 /// Writes `decisions.csv` (predictive when it ran, else the first policy),
