@@ -141,6 +141,10 @@ fn default_max_fill() -> Duration {
 /// Presets compiled into the binary, from `models/*.yaml`.
 const BUILTIN: &[(&str, &str)] = &[
     ("auto", include_str!("../../models/auto.yaml")),
+    (
+        "auto-quantile",
+        include_str!("../../models/auto-quantile.yaml"),
+    ),
     ("seasonal", include_str!("../../models/seasonal.yaml")),
     ("reactive", include_str!("../../models/reactive.yaml")),
     (

@@ -46,7 +46,15 @@ pub fn detect_periods(y: &[f64], step_seconds: u64, max_periods: usize) -> Vec<u
             if let Some(c) = coarse {
                 let (a, b) = ((c * f).saturating_sub(f).max(2), (c * f + f).min(max_lag));
                 if let Some(best) = (a..=b).max_by(|&p, &q| acf(p).total_cmp(&acf(q))) {
-                    candidates.push(best);
+                    // A wide band can peak at a multiple of the period: try its divisors too.
+                    for k in 1..=4 {
+                        let d = (best as f64 / k as f64).round() as usize;
+                        if let Some(r) = (d.saturating_sub(1).max(2)..=d + 1)
+                            .max_by(|&p, &q| acf(p).total_cmp(&acf(q)))
+                        {
+                            candidates.push(r);
+                        }
+                    }
                 }
             }
         }
@@ -78,7 +86,10 @@ pub fn detect_periods(y: &[f64], step_seconds: u64, max_periods: usize) -> Vec<u
         let (lo, hi) = (p.saturating_sub(w).max(1), (p + w).min(max_lag));
         let best = (lo..=hi).map(acf).fold(f64::NEG_INFINITY, f64::max);
         let interior = best > acf(lo.saturating_sub(1).max(1)) && best > acf((hi + 1).min(max_lag));
-        interior && acf(p) >= best - 0.02
+        // A real cycle dips between its peaks: smooth series correlate well at every short
+        // lag, which is no season.
+        let dips = acf(p) - acf((p / 2).max(1)) >= 0.2;
+        interior && dips && acf(p) >= best - 0.02
     };
     let mut scored: Vec<(usize, f64)> = candidates
         .into_iter()
