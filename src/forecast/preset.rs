@@ -26,8 +26,9 @@ pub enum Headroom {
     /// Provision for the calibrated `quantile` of demand.
     Quantile,
     /// Provision for the lowest quantile level whose backtested unserved demand, on this
-    /// workload's recent history, is below that of a reactive autoscaler holding 70%
-    /// utilisation on current demand: at least as reliable as an HPA, for less.
+    /// workload's recent history, is at most half that of a reactive autoscaler holding 70%
+    /// utilisation, among levels costing under 90% of it (else the highest such level):
+    /// as reliable as an HPA, for less.
     ReactiveParity,
 }
 
