@@ -20,11 +20,9 @@ pub struct Forecast {
     pub upper: Vec<f64>,
     /// The quantile level of `upper`, for example 0.9.
     pub quantile: f64,
-    /// The band the policy provisions for: the quantile at `provision_level`, which the
-    /// preset's headroom rule may tune per workload (equal to `upper` when it does not).
-    pub provision: Vec<f64>,
-    /// Quantile level of `provision`.
-    pub provision_level: f64,
+    /// Upper bands at the levels of [`BAND_LEVELS`], each as long as `point`: the policy
+    /// chooses among them how much headroom to provision.
+    pub bands: Vec<Band>,
     /// Name of the model that produced `point`.
     pub model: &'static str,
     /// True when the workload's models forecast worse than reacting would, so `point` comes from
@@ -33,6 +31,18 @@ pub struct Forecast {
     /// True when the recent coverage of `upper` is close to `quantile`; the policy only scales
     /// down on a confident forecast.
     pub confident: bool,
+}
+
+/// Quantile levels at which forecasts carry an upper band.
+pub const BAND_LEVELS: [f64; 9] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995];
+
+/// Forecast demand at one quantile level, per step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Band {
+    /// Quantile level, e.g. 0.98.
+    pub level: f64,
+    /// Demand at that level per forecast step.
+    pub values: Vec<f64>,
 }
 
 impl Forecast {
@@ -93,8 +103,11 @@ pub struct Reason {
     pub forecast_point_peak: f64,
     /// Model that produced the forecast (`none` when there was none).
     pub model: &'static str,
-    /// Quantile level used for the forecast peak.
+    /// Quantile level of the band provisioned for.
     pub quantile: f64,
+    /// Multiplier applied on top of that band (1 unless the headroom rule needed more than
+    /// the highest band).
+    pub headroom_scale: f64,
     /// Lead window the decision covers, in seconds (startup plus one decision period).
     pub lead_seconds: u64,
     /// Replicas the winning term asked for before clamping and stabilisation.

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use prescale::forecast::ModelPreset;
+use prescale::policy::Headroom;
 use prescale::sim::{self, PolicyName, ReplayConfig, Trace};
 
 /// The trace `prescale replay` uses when given none: NASA-HTTP requests per 5 minutes,
@@ -42,6 +43,12 @@ enum PolicyChoice {
     All,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HeadroomChoice {
+    Quantile,
+    HpaParity,
+}
+
 #[derive(clap::Args)]
 struct ReplayArgs {
     /// Trace CSV (`timestamp,value`).
@@ -74,6 +81,11 @@ struct ReplayArgs {
     /// Model preset: a built-in name (auto, seasonal, reactive, conservative) or a YAML path.
     #[arg(long, default_value = "auto")]
     model: String,
+    /// Headroom rule of the predictive policy: `hpa-parity` (the cheapest headroom that was at
+    /// least as reliable as the HPA on this workload's recent demand) or `quantile` (the
+    /// preset's calibrated quantile).
+    #[arg(long, value_enum, default_value = "hpa-parity")]
+    headroom: HeadroomChoice,
     /// First scored row (earlier rows are warm-up). Default: rows / 5, as in the suite.
     #[arg(long)]
     score_from_row: Option<usize>,
@@ -132,6 +144,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         max_replicas: args.max_replicas,
         hpa_target_utilization: args.target_utilization,
         preset,
+        headroom: match args.headroom {
+            HeadroomChoice::Quantile => Headroom::Quantile,
+            HeadroomChoice::HpaParity => Headroom::HpaParity,
+        },
         policies,
         score_from_row: 0,
     };

@@ -26,6 +26,7 @@ fn config(capacity: f64) -> ReplayConfig {
         max_replicas: 100,
         hpa_target_utilization: 0.7,
         preset: ModelPreset::load("auto").unwrap(),
+        headroom: prescale::policy::Headroom::HpaParity,
         policies: vec![PolicyName::Predictive, PolicyName::Hpa, PolicyName::Oracle],
         score_from_row: 288,
     }

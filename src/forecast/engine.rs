@@ -5,10 +5,9 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::domain::{Forecast, Timestamp};
+use crate::domain::{BAND_LEVELS, Band, Forecast, Timestamp};
 
-use super::headroom::{HeadroomTuner, LADDER, REACTIVE_STABILIZATION_SECONDS};
-use super::preset::{Headroom, ResidualScale};
+use super::preset::ResidualScale;
 use super::{
     FitSettings, FittedModel, ForecastError, ModelKind, ModelPreset, Window, clip_outliers,
     detect_periods, level_shift_start,
@@ -154,7 +153,6 @@ pub struct Engine {
     evaluating: bool,
     refits: usize,
     fit_failures: usize,
-    tuner: HeadroomTuner,
 }
 
 impl Engine {
@@ -230,14 +228,7 @@ impl Engine {
             evaluating: false,
             refits: 0,
             fit_failures: 0,
-            tuner: HeadroomTuner::new(sel_window, lead),
         }
-    }
-
-    /// Tells the headroom tuner the demand one replica serves, so that it weighs provisions
-    /// in whole replicas as the policy will ask for them.
-    pub fn set_replica_capacity(&mut self, capacity: f64) {
-        self.tuner.set_unit(capacity);
     }
 
     /// Starts (or stops) accumulating backtest statistics, e.g. after a replay's warm-up.
@@ -384,7 +375,6 @@ impl Engine {
                 c.pending.pop_front();
             }
         }
-        self.tuner.mature(idx, y, scored);
         // Published forecasts: coverage and adaptive conformal levels.
         for (origin_end, upper, point_lead) in &self.published {
             let Some(j) = idx.checked_sub(*origin_end) else {
@@ -498,30 +488,6 @@ impl Engine {
         self.selected = if self.demoted { 0 } else { best };
     }
 
-    /// Tells the headroom tuner what each ladder level would provision over the lead window
-    /// from the selected model's forecast at `end`.
-    fn issue_headroom(&mut self, end: usize) {
-        let c = &self.cands[self.selected];
-        let Some(p) = c.pending.back().filter(|p| p.origin_end == end) else {
-            return;
-        };
-        let peaks: [f64; LADDER.len()] = std::array::from_fn(|i| {
-            (0..self.lead)
-                .map(|j| {
-                    let r = c.resid[j].quantile(LADDER[i]).unwrap_or(0.0);
-                    (p.point[j] + r * p.scale[j]).max(0.0)
-                })
-                .fold(0.0, f64::max)
-        });
-        let hold = (REACTIVE_STABILIZATION_SECONDS / self.step) as usize + 1;
-        let n = self.values.len();
-        let recent = self.values[n.saturating_sub(hold)..]
-            .iter()
-            .copied()
-            .fold(0.0, f64::max);
-        self.tuner.issue(end, peaks, recent);
-    }
-
     /// The calibrated forecast for the next `horizon` steps from the latest sample.
     ///
     /// # Errors
@@ -570,7 +536,6 @@ impl Engine {
                 });
             }
             self.select();
-            self.issue_headroom(end);
         }
         let sel = self.selected;
         let have = self.cands[sel].resid[lead - 1].len();
@@ -585,18 +550,18 @@ impl Engine {
             .as_ref()
             .ok_or(ForecastError::NotEnoughData { need, have: n })?;
         let point = fitted.predict(self.window(), horizon.max(1))?;
-        let provision_level = match self.preset.headroom {
-            Headroom::Quantile => q,
-            Headroom::ReactiveParity => self.tuner.level(q),
-        };
         let mut upper = Vec::with_capacity(point.len());
-        let mut provision = Vec::with_capacity(point.len());
+        let mut bands: Vec<Band> = BAND_LEVELS
+            .iter()
+            .map(|&level| Band {
+                level,
+                values: Vec::with_capacity(point.len()),
+            })
+            .collect();
         let mut clean = Vec::with_capacity(point.len());
         for (j, &p) in point.iter().enumerate() {
             let h = j.min(lead - 1);
             let resid = &self.cands[sel].resid[h];
-            let r = resid.quantile(self.levels[h]).unwrap_or(0.0);
-            let rp = resid.quantile(provision_level).unwrap_or(0.0);
             // Beyond the lead window no residuals are kept: widen like a random walk.
             let widen = if j < lead {
                 1.0
@@ -605,9 +570,12 @@ impl Engine {
             };
             let p = p.max(0.0);
             let s = self.scale(p);
+            let at = |level: f64| (p + resid.quantile(level).unwrap_or(0.0) * widen * s).max(p);
             clean.push(p);
-            upper.push((p + r * widen * s).max(p));
-            provision.push((p + rp * widen * s).max(p));
+            upper.push(at(self.levels[h]));
+            for b in &mut bands {
+                b.values.push(at(b.level));
+            }
         }
         if fresh {
             let point_lead = clean[(lead - 1).min(clean.len() - 1)];
@@ -627,8 +595,7 @@ impl Engine {
             point: clean,
             upper,
             quantile: q,
-            provision,
-            provision_level,
+            bands,
             model: self.cands[sel].kind.as_str(),
             demoted: self.demoted,
             confident,

@@ -18,7 +18,6 @@
 
 mod damped;
 mod engine;
-mod headroom;
 mod history;
 mod linear;
 mod mstl;
@@ -28,7 +27,7 @@ mod season;
 
 pub use engine::{CandidateStats, Engine, EngineStatus};
 pub use history::{clip_outliers, level_shift_start};
-pub use preset::{Headroom, ModelPreset, PresetError, ResidualScale};
+pub use preset::{ModelPreset, PresetError, ResidualScale};
 pub use season::detect_periods;
 
 use serde::{Deserialize, Serialize};

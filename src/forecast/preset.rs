@@ -19,19 +19,6 @@ pub enum ResidualScale {
     Absolute,
 }
 
-/// How much headroom the policy provisions above the point forecast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Headroom {
-    /// Provision for the calibrated `quantile` of demand.
-    Quantile,
-    /// Provision for the lowest quantile level whose backtested unserved demand, on this
-    /// workload's recent history, is at most half that of a reactive autoscaler holding 70%
-    /// utilisation, among levels costing under 90% of it (else the highest such level):
-    /// as reliable as an HPA, for less.
-    ReactiveParity,
-}
-
 /// A model preset: which models compete and how they are scored and calibrated.
 ///
 /// Every field has a default except `name`; see `models/README.md` for the shipped presets.
@@ -71,9 +58,6 @@ pub struct ModelPreset {
     /// Asymmetric loss: cost of one unit of under-forecast relative to one unit of over-forecast.
     #[serde(default = "default_under_weight")]
     pub under_weight: f64,
-    /// Headroom rule of the provisioning band (the `quantile` band is always reported).
-    #[serde(default = "default_headroom")]
-    pub headroom: Headroom,
     /// How residuals are scaled for calibration.
     #[serde(default = "default_residual_scale")]
     pub residual_scale: ResidualScale,
@@ -123,9 +107,6 @@ fn default_min_calibration() -> usize {
 fn default_under_weight() -> f64 {
     3.0
 }
-fn default_headroom() -> Headroom {
-    Headroom::ReactiveParity
-}
 fn default_residual_scale() -> ResidualScale {
     ResidualScale::Relative
 }
@@ -142,10 +123,6 @@ fn default_max_fill() -> Duration {
 /// Presets compiled into the binary, from `models/*.yaml`.
 const BUILTIN: &[(&str, &str)] = &[
     ("auto", include_str!("../../models/auto.yaml")),
-    (
-        "auto-quantile",
-        include_str!("../../models/auto-quantile.yaml"),
-    ),
     ("seasonal", include_str!("../../models/seasonal.yaml")),
     ("reactive", include_str!("../../models/reactive.yaml")),
     (

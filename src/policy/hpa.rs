@@ -156,6 +156,7 @@ impl ScalingPolicy for HpaPolicy {
                 forecast_point_peak: 0.0,
                 model: "hpa",
                 quantile: 0.0,
+                headroom_scale: 1.0,
                 lead_seconds: 0,
                 raw_replicas: replicas,
             },

@@ -4,10 +4,13 @@
 //! `prescale replay` and in the live loop.
 
 mod hpa;
+mod pods;
 mod predictive;
+mod tuner;
 
 pub use hpa::{HpaConfig, HpaPolicy};
-pub use predictive::{PolicyConfig, PolicyConfigError, PredictivePolicy};
+pub use pods::{Pods, unserved};
+pub use predictive::{Headroom, PolicyConfig, PolicyConfigError, PredictivePolicy};
 
 use crate::domain::{Decision, Forecast, Timestamp};
 

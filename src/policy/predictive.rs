@@ -4,10 +4,23 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Decision, Forecast, Reason, Term, Timestamp};
+use crate::domain::{BAND_LEVELS, Decision, Forecast, Reason, Term, Timestamp};
 
 use super::hpa::ceil_u32;
+use super::tuner::{Rung, Tuner};
 use super::{Observation, ScalingPolicy};
+
+/// How much headroom above the point forecast the policy provisions for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Headroom {
+    /// The forecast's calibrated upper quantile (the model preset's `quantile`).
+    Quantile,
+    /// Per workload, the cheapest headroom that would have been at least as reliable as the
+    /// Kubernetes HPA (at `hpa_target_utilization`) over `tuning_window_seconds`, judged by
+    /// replaying both on the workload's own recent demand with the pod startup physics.
+    HpaParity,
+}
 
 /// Settings of the predictive policy for one workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +49,12 @@ pub struct PolicyConfig {
     pub max_step_up: Option<u32>,
     /// Most replicas removed by one decision (`None`: unlimited).
     pub max_step_down: Option<u32>,
+    /// Headroom rule.
+    pub headroom: Headroom,
+    /// Recent history the `hpa_parity` headroom rule compares over, seconds.
+    pub tuning_window_seconds: u64,
+    /// Target utilisation of the HPA the `hpa_parity` rule compares against.
+    pub hpa_target_utilization: f64,
 }
 
 /// A policy setting that cannot work.
@@ -72,6 +91,9 @@ impl PolicyConfig {
             scale_down_stabilization_seconds: 300,
             max_step_up: None,
             max_step_down: None,
+            headroom: Headroom::HpaParity,
+            tuning_window_seconds: 7 * 86_400,
+            hpa_target_utilization: 0.7,
         }
     }
 
@@ -90,6 +112,7 @@ impl PolicyConfig {
             return bad("capacity", "must be a positive number");
         }
         for (field, u) in [
+            ("hpa_target_utilization", self.hpa_target_utilization),
             ("target_utilization", self.target_utilization),
             ("reactive_utilization", self.reactive_utilization),
             ("floor_utilization", self.floor_utilization),
@@ -128,6 +151,10 @@ pub struct PredictivePolicy {
     cfg: PolicyConfig,
     /// Raw recommendations of the stabilisation window: (time, replicas).
     recent: VecDeque<(Timestamp, u32)>,
+    /// The headroom this policy provisions for when it is not tuned (shadows, `quantile`).
+    fixed: Option<Rung>,
+    /// The `hpa_parity` tuner (boxed: it holds shadow policies of this type).
+    tuner: Option<Box<Tuner>>,
 }
 
 impl PredictivePolicy {
@@ -137,10 +164,23 @@ impl PredictivePolicy {
     /// See [`PolicyConfig::validate`].
     pub fn new(cfg: PolicyConfig) -> Result<Self, PolicyConfigError> {
         cfg.validate()?;
+        let tuner = (cfg.headroom == Headroom::HpaParity).then(|| Box::new(Tuner::new(&cfg)));
         Ok(Self {
             cfg,
             recent: VecDeque::new(),
+            fixed: None,
+            tuner,
         })
+    }
+
+    /// A policy that always provisions for `rung` (the tuner's shadows).
+    pub(super) fn with_rung(cfg: PolicyConfig, rung: Rung) -> Self {
+        Self {
+            cfg,
+            recent: VecDeque::new(),
+            fixed: Some(rung),
+            tuner: None,
+        }
     }
 
     /// The settings.
@@ -148,26 +188,35 @@ impl PredictivePolicy {
         &self.cfg
     }
 
-    /// The highest provisioning-band (and point) demand over the lead window.
-    fn window_peak(&self, f: &Forecast, now: Timestamp) -> Option<(f64, f64, Timestamp)> {
+    /// The highest provisioned (and point) demand over the lead window for `rung`, or for the
+    /// forecast's calibrated upper quantile when `rung` is `None`.
+    fn window_peak(
+        &self,
+        f: &Forecast,
+        now: Timestamp,
+        rung: Option<Rung>,
+    ) -> Option<(f64, f64, Timestamp)> {
+        let (values, scale) = match rung {
+            Some(Rung::Band(i)) => (f.bands.get(i).map_or(&f.upper, |b| &b.values), 1.0),
+            Some(Rung::Scaled(m)) => (f.bands.last().map_or(&f.upper, |b| &b.values), m),
+            None => (&f.upper, 1.0),
+        };
         // Rows from the next decision until a pod asked for at the next decision is ready.
         let end = now + (2 * self.cfg.period_seconds + self.cfg.startup_seconds) as i64;
         let mut best: Option<(f64, f64, Timestamp)> = None;
-        for k in 0..f.provision.len() {
+        for (k, (&v, &p)) in values.iter().zip(&f.point).enumerate() {
             let at = f.at(k);
             if at >= end && best.is_some() {
                 break;
             }
-            let (u, p) = (f.provision[k], f.point[k]);
-            if !(u.is_finite() && p.is_finite()) {
+            if !(v.is_finite() && p.is_finite()) {
                 return None;
             }
-            match best {
-                Some((bu, bp, bat)) => {
-                    best = Some((bu.max(u), bp.max(p), if u > bu { at } else { bat }))
-                }
-                None => best = Some((u, p, at)),
-            }
+            let u = v * scale;
+            best = match best {
+                Some((bu, bp, bat)) => Some((bu.max(u), bp.max(p), if u > bu { at } else { bat })),
+                None => Some((u, p, at)),
+            };
         }
         best
     }
@@ -175,6 +224,13 @@ impl PredictivePolicy {
 
 impl ScalingPolicy for PredictivePolicy {
     fn recommend(&mut self, obs: &Observation<'_>) -> Decision {
+        let rung = match self.tuner.as_mut() {
+            Some(t) => {
+                t.step(obs);
+                t.choose()
+            }
+            None => self.fixed,
+        };
         let cfg = &self.cfg;
         let current = obs.current_replicas;
         let mut reason = Reason {
@@ -184,6 +240,7 @@ impl ScalingPolicy for PredictivePolicy {
             forecast_point_peak: 0.0,
             model: "none",
             quantile: 0.0,
+            headroom_scale: 1.0,
             lead_seconds: cfg.lead_seconds(),
             raw_replicas: current,
         };
@@ -198,14 +255,18 @@ impl ScalingPolicy for PredictivePolicy {
         let floor = ceil_u32(demand / (cfg.capacity * cfg.floor_utilization));
         let peak = obs
             .forecast
-            .and_then(|f| self.window_peak(f, obs.now).map(|p| (f, p)));
+            .and_then(|f| self.window_peak(f, obs.now, rung).map(|p| (f, p)));
         let (raw, confident) = match peak {
             Some((f, (upper, point, at))) => {
                 reason.forecast_peak = upper;
                 reason.forecast_point_peak = point;
                 reason.forecast_peak_at = Some(at);
                 reason.model = f.model;
-                reason.quantile = f.provision_level;
+                (reason.quantile, reason.headroom_scale) = match rung {
+                    Some(Rung::Band(i)) => (BAND_LEVELS.get(i).copied().unwrap_or(f.quantile), 1.0),
+                    Some(Rung::Scaled(m)) => (BAND_LEVELS[BAND_LEVELS.len() - 1], m),
+                    None => (f.quantile, 1.0),
+                };
                 let want = ceil_u32(upper / (cfg.capacity * cfg.target_utilization));
                 if floor > want {
                     reason.term = Term::ReactiveFloor;
@@ -279,8 +340,7 @@ mod tests {
             point: vec![point; 5],
             upper: vec![upper; 5],
             quantile: 0.9,
-            provision: vec![upper; 5],
-            provision_level: 0.9,
+            bands: Vec::new(),
             model: "linear",
             demoted: false,
             confident: true,
@@ -290,6 +350,7 @@ mod tests {
     fn policy() -> PredictivePolicy {
         let mut cfg = PolicyConfig::new(10.0, 2, 30, 120, 60);
         cfg.scale_down_stabilization_seconds = 0;
+        cfg.headroom = Headroom::Quantile;
         PredictivePolicy::new(cfg).unwrap()
     }
 
@@ -367,7 +428,7 @@ mod tests {
         let mut p = policy();
         let mut f = forecast(0, 50.0, 60.0);
         // Steps at 60, 120, 180 are inside the window (2 periods + startup = 240 s); 240 is not.
-        f.provision = vec![60.0, 60.0, 95.0, 400.0, 400.0];
+        f.upper = vec![60.0, 60.0, 95.0, 400.0, 400.0];
         let d = p.recommend(&obs(Some(&f), Some(50.0), 5));
         assert_eq!(d.desired_replicas, 10);
         assert_eq!(d.reason.term, Term::Forecast);
@@ -399,6 +460,7 @@ mod tests {
     fn scale_down_is_stabilised_over_the_window() {
         let mut cfg = PolicyConfig::new(10.0, 1, 30, 120, 60);
         cfg.scale_down_stabilization_seconds = 300;
+        cfg.headroom = Headroom::Quantile;
         let mut p = PredictivePolicy::new(cfg).unwrap();
         let high = forecast(0, 150.0, 200.0);
         let low = forecast(60, 10.0, 20.0);

@@ -1,13 +1,12 @@
 //! `prescale replay`: the forecaster and policies run over a recorded trace under the replay
 //! contract (decisions use data up to their row; pods start `startup` after the next row).
 
-mod physics;
 mod plot;
 mod report;
 mod suite;
 mod trace;
 
-pub use physics::{Pods, unserved};
+pub use crate::policy::{Pods, unserved};
 pub use report::{write_decisions, write_summary};
 pub use suite::{Suite, SuiteEntry, SuiteRow, run_suite};
 pub use trace::{Trace, TraceError};
@@ -17,7 +16,7 @@ use serde::Serialize;
 use crate::domain::{Decision, Term};
 use crate::forecast::{CandidateStats, Engine, EngineStatus, ModelPreset};
 use crate::policy::{
-    HpaConfig, HpaPolicy, Observation, PolicyConfig, PolicyConfigError, PredictivePolicy,
+    Headroom, HpaConfig, HpaPolicy, Observation, PolicyConfig, PolicyConfigError, PredictivePolicy,
     ScalingPolicy,
 };
 
@@ -59,6 +58,8 @@ pub struct ReplayConfig {
     pub hpa_target_utilization: f64,
     /// Model preset of the predictive policy.
     pub preset: ModelPreset,
+    /// Headroom rule of the predictive policy.
+    pub headroom: Headroom,
     /// Policies to run.
     pub policies: Vec<PolicyName>,
     /// Rows before this one are warm-up and not scored.
@@ -88,6 +89,10 @@ pub struct Row {
     pub model: &'static str,
     /// Policy term that decided.
     pub term: Term,
+    /// Quantile level provisioned for (0 when no forecast was used).
+    pub quantile: f64,
+    /// Multiplier on that quantile's band.
+    pub headroom_scale: f64,
 }
 
 /// Scores of one policy over the scored rows.
@@ -169,13 +174,17 @@ pub struct Summary {
 pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyConfigError> {
     let clock = std::time::Instant::now();
     let cadence = trace.cadence();
-    let policy_cfg = PolicyConfig::new(
-        cfg.capacity,
-        cfg.min_replicas,
-        cfg.max_replicas,
-        cfg.startup,
-        cadence,
-    );
+    let policy_cfg = PolicyConfig {
+        headroom: cfg.headroom,
+        hpa_target_utilization: cfg.hpa_target_utilization,
+        ..PolicyConfig::new(
+            cfg.capacity,
+            cfg.min_replicas,
+            cfg.max_replicas,
+            cfg.startup,
+            cadence,
+        )
+    };
     policy_cfg.validate()?;
     let lead_steps = policy_cfg.lead_seconds().div_ceil(cadence) as usize;
     let initial = initial_replicas(trace.values[0], cfg);
@@ -197,7 +206,6 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
             }
             PolicyName::Predictive => {
                 let mut engine = Engine::new(cfg.preset.clone(), cadence, lead_steps);
-                engine.set_replica_capacity(cfg.capacity);
                 let mut policy = PredictivePolicy::new(policy_cfg.clone())?;
                 let r = run_policy(trace, cfg, initial, |i, obs| {
                     if i == cfg.score_from_row {
@@ -302,6 +310,8 @@ fn run_policy(
             forecast_upper: band.map(|b| b.1),
             model: decision.reason.model,
             term: decision.reason.term,
+            quantile: decision.reason.quantile,
+            headroom_scale: decision.reason.headroom_scale,
         });
         if let Some(&next) = trace.timestamps.get(i + 1) {
             pods.apply(decision.desired_replicas, next, cfg.startup);
@@ -328,6 +338,8 @@ fn oracle_rows(trace: &Trace, capacity: f64) -> Vec<Row> {
                 forecast_upper: None,
                 model: "oracle",
                 term: Term::Forecast,
+                quantile: 0.0,
+                headroom_scale: 1.0,
             }
         })
         .collect()

@@ -6,7 +6,8 @@ use std::path::Path;
 use super::{Row, Summary};
 
 /// Writes a policy's rows as CSV: `timestamp,demand,desired_replicas,ready_replicas` and then
-/// `total_replicas,unserved,forecast_point_peak,forecast_upper_peak,model,term`.
+/// `total_replicas,unserved,forecast_point_peak,forecast_upper_peak,model,term,quantile,
+/// headroom_scale`.
 ///
 /// # Errors
 /// I/O errors.
@@ -15,13 +16,13 @@ pub fn write_decisions(path: &Path, rows: &[Row]) -> std::io::Result<()> {
     writeln!(
         w,
         "timestamp,demand,desired_replicas,ready_replicas,total_replicas,unserved,\
-         forecast_point_peak,forecast_upper_peak,model,term"
+         forecast_point_peak,forecast_upper_peak,model,term,quantile,headroom_scale"
     )?;
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     for r in rows {
         writeln!(
             w,
-            "{},{},{},{},{},{:.6},{},{},{},{}",
+            "{},{},{},{},{},{:.6},{},{},{},{},{},{}",
             r.timestamp,
             r.demand,
             r.desired_replicas,
@@ -31,7 +32,9 @@ pub fn write_decisions(path: &Path, rows: &[Row]) -> std::io::Result<()> {
             opt(r.forecast_point),
             opt(r.forecast_upper),
             r.model,
-            r.term.as_str()
+            r.term.as_str(),
+            r.quantile,
+            r.headroom_scale
         )?;
     }
     w.flush()

@@ -1,4 +1,5 @@
-//! The replay contract's pod physics: which pods are ready when, and what goes unserved.
+//! How a workload's pods respond to decisions (the replay contract's physics): a scale-down
+//! removes pods at once, starting ones first; a scale-up's pods are ready after startup.
 
 use crate::domain::Timestamp;
 
