@@ -31,6 +31,9 @@ pub struct Forecast {
     /// True when the recent coverage of `upper` is close to `quantile`; the policy only scales
     /// down on a confident forecast.
     pub confident: bool,
+    /// The latest sample was above the highest band of the previous forecast: the series may
+    /// have shifted faster than the models can follow.
+    pub surprise: bool,
 }
 
 /// Quantile levels at which forecasts carry an upper band.

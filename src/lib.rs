@@ -12,8 +12,19 @@
 //! - [`forecast`]: history handling, seasonality, models, selection, calibration (pure).
 //! - [`policy`]: predictive policy and the HPA baseline (pure).
 //! - [`sim`]: `prescale replay`: the replay contract's physics, scores, suite, plots.
+//! - [`collector`]: demand from Prometheus (or the demo trace), strictly parsed.
+//! - [`config`]: the service's YAML configuration, validated once.
+//! - [`metrics`]: `/metrics` (prometheus-client).
+//! - [`api`]: the HTTP server (axum).
+//! - [`app`]: `prescale serve`: the loop and the wiring; the only module that knows every
+//!   concrete type.
 
+pub mod api;
+pub mod app;
+pub mod collector;
+pub mod config;
 pub mod domain;
 pub mod forecast;
+pub mod metrics;
 pub mod policy;
 pub mod sim;

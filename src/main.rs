@@ -6,9 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use prescale::app::{Service, Timeline};
+use prescale::collector::{MetricSource, PrometheusSource, TraceSource};
+use prescale::config::Config;
 use prescale::forecast::ModelPreset;
 use prescale::policy::Headroom;
 use prescale::sim::{self, PolicyName, ReplayConfig, Trace};
+use tokio_util::sync::CancellationToken;
 
 /// The trace `prescale replay` uses when given none: NASA-HTTP requests per 5 minutes,
 /// 14 days of July 1995 (freely redistributable; see tests/fixtures/README.md).
@@ -30,9 +37,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: collect, forecast, decide, export. With no --config, runs a demo on a
+    /// bundled trace (no Prometheus, no cluster) with a dry-run actuator.
+    Serve(ServeArgs),
+    /// Validate a config file; exits 64 with a message naming the field when it is invalid.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
     /// Replay a recorded demand trace through the forecaster and policies (the replay
     /// contract); with no --trace or --suite, replays a bundled 14-day NASA-HTTP trace.
     Replay(ReplayArgs),
+    /// Forecast benchmark: prescale's models at fixed origins of every suite trace (the
+    /// protocol of bench/statsforecast_peer.py), written as JSON.
+    BenchForecast(BenchForecastArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (YAML). Without it, the embedded demo runs.
+    #[arg(long, env = "PRESCALE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Demo only: real time per loop; each loop plays one step (5 minutes) of the trace.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    demo_tick: u64,
+}
+
+#[derive(clap::Args)]
+struct BenchForecastArgs {
+    /// Suite file (format of shared/datasets/suite.json).
+    #[arg(long)]
+    suite: PathBuf,
+    /// Origins per trace.
+    #[arg(long, default_value_t = 24)]
+    origins: usize,
+    /// Output JSON file.
+    #[arg(long, default_value = "out/prescale_forecast.json")]
+    out: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,16 +144,18 @@ fn parse_duration(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("`{s}` is not a duration like 120s or 3m: {e}"))
 }
 
+/// Exit code for an invalid configuration (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let json_logs = std::env::var("PRESCALE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    init_logs(&cli.log, json_logs);
     let result = match cli.command {
         Command::Replay(args) => replay(args),
+        Command::BenchForecast(args) => bench_forecast(&args),
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Serve(args) => serve(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -121,6 +164,167 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn init_logs(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn check_config(file: &Path) -> std::process::ExitCode {
+    match Config::load(file, &env_var) {
+        Ok(cfg) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{}: ok ({} workloads)",
+                file.display(),
+                cfg.workloads.len()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// The embedded demo: two workloads playing different days of the bundled trace.
+fn demo_config(trace: &Trace) -> anyhow::Result<Config> {
+    let capacity = (trace.value_quantile(0.99) / 20.0).max(f64::MIN_POSITIVE);
+    let cadence = trace.cadence();
+    let yaml = format!(
+        "prometheus:\n  url: http://127.0.0.1:9\n\
+         loop:\n  interval: {cadence}s\n  history: 7d\n\
+         data_dir: {data}\n\
+         workloads:\n\
+         - {{namespace: demo, name: web, demand_query: 'demo:0', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m}}\n\
+         - {{namespace: demo, name: api, demand_query: 'demo:1000', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m}}\n",
+        data = std::env::temp_dir().join("prescale-demo").display(),
+    );
+    Ok(Config::parse(
+        Path::new("embedded demo config"),
+        &yaml,
+        &env_var,
+    )?)
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (cfg, source, timeline, step, tick): (Config, Arc<dyn MetricSource>, Timeline, u64, Duration) =
+            match &args.config {
+                Some(path) => {
+                    let cfg = Config::load(path, &env_var)?;
+                    let source = Arc::new(PrometheusSource::new(&cfg.prometheus)?);
+                    let step = cfg.loop_.interval.as_secs();
+                    let tick = cfg.loop_.interval;
+                    (cfg, source, Timeline::Wall, step, tick)
+                }
+                None => {
+                    let trace = Trace::parse(Path::new("embedded:nasa_5min_14d.csv"), DEMO_TRACE.as_bytes())?;
+                    let cfg = demo_config(&trace)?;
+                    let cadence = trace.cadence();
+                    // Start a week into the trace so the backfill has history to learn from.
+                    let start = trace.timestamps[0] + 7 * 86_400;
+                    let timeline = Timeline::Virtual {
+                        now: std::sync::atomic::AtomicI64::new(start - cadence as i64),
+                        per_tick: cadence as i64,
+                    };
+                    let source = Arc::new(TraceSource::new(&trace));
+                    (cfg, source, timeline, cadence, Duration::from_secs(args.demo_tick.max(1)))
+                }
+            };
+        let listen = cfg.listen.http;
+        let demo = args.config.is_none();
+        let service = Arc::new(Service::new(cfg, source, timeline, step, tick)?);
+        let restored = service.restore()?;
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "prescale serving on http://{listen} (/metrics, /healthz, /readyz, /api/v1/workloads)")?;
+            if demo {
+                writeln!(out, "demo: two workloads replay a bundled NASA-HTTP trace, 5 minutes of it per loop; dry-run actuator")?;
+            }
+            if restored > 0 {
+                writeln!(out, "restored {restored} workload(s) from the last snapshot")?;
+            }
+        }
+        let server = axum::serve(listener, prescale::api::router(service.shared()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let looping = {
+            let service = service.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move { service.run(token).await })
+        };
+        server.await?;
+        shutdown.cancel();
+        looping.await?;
+        tracing::info!("Shut down cleanly");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+fn bench_forecast(args: &BenchForecastArgs) -> anyhow::Result<()> {
+    let rows = sim::forecast_bench(&args.suite, args.origins)?;
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?;
+    std::fs::write(&args.out, json + "\n")?;
+    let mut stdout = std::io::stdout().lock();
+    for r in &rows {
+        writeln!(
+            stdout,
+            "{:45} {:15} mase={} t={:.3}s",
+            r.trace,
+            r.model,
+            r.mase.map_or_else(|| "-".into(), |m| format!("{m:.3}")),
+            r.fit_predict_seconds_per_series
+        )?;
+    }
+    writeln!(stdout, "wrote {}", args.out.display())?;
+    Ok(())
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {

@@ -145,8 +145,13 @@ pub struct Engine {
     cands: Vec<Candidate>,
     selected: usize,
     demoted: bool,
-    /// Published forecasts awaiting their actuals: (origin end, upper band, lead-step point).
-    published: VecDeque<(usize, Vec<f64>, f64)>,
+    /// Published forecasts awaiting their actuals: (origin end, upper band, lead-step point,
+    /// first step of the highest band).
+    published: VecDeque<(usize, Vec<f64>, f64, f64)>,
+    /// The latest sample was above the highest band of the forecast made one step before.
+    surprise: bool,
+    /// Recent (|error|, actual) of published forecasts at the lead horizon.
+    recent_errors: VecDeque<(f64, f64)>,
     published_stats: CandidateStats,
     levels: Vec<f64>,
     recent_cover: VecDeque<bool>,
@@ -219,6 +224,8 @@ impl Engine {
             selected: 0,
             demoted: false,
             published: VecDeque::new(),
+            surprise: false,
+            recent_errors: VecDeque::new(),
             published_stats: CandidateStats {
                 model: "published",
                 ..CandidateStats::default()
@@ -242,6 +249,21 @@ impl Engine {
         let mut v: Vec<CandidateStats> = self.cands.iter().map(|c| c.stats.clone()).collect();
         v.push(self.published_stats.clone());
         v
+    }
+
+    /// Seconds between grid steps.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Recent mean absolute error of the published forecast at the lead horizon, over mean
+    /// demand (`None` before any forecast matured or when demand was all zero).
+    pub fn recent_error_ratio(&self) -> Option<f64> {
+        let (e, y) = self
+            .recent_errors
+            .iter()
+            .fold((0.0, 0.0), |(e, y), (de, dy)| (e + de, y + dy));
+        (y > 0.0).then(|| e / y)
     }
 
     /// Current status.
@@ -376,7 +398,7 @@ impl Engine {
             }
         }
         // Published forecasts: coverage and adaptive conformal levels.
-        for (origin_end, upper, point_lead) in &self.published {
+        for (origin_end, upper, point_lead, top_first) in &self.published {
             let Some(j) = idx.checked_sub(*origin_end) else {
                 continue;
             };
@@ -384,10 +406,17 @@ impl Engine {
                 continue;
             }
             let miss = y > upper[j];
+            if j == 0 {
+                self.surprise = y > *top_first;
+            }
             let rate = self.preset.aci_rate;
             self.levels[j] =
                 (self.levels[j] + rate * (f64::from(u8::from(miss)) - (1.0 - q))).clamp(0.5, 0.995);
             if j == lead - 1 {
+                self.recent_errors.push_back(((y - point_lead).abs(), y));
+                if self.recent_errors.len() > self.sel_window / lead {
+                    self.recent_errors.pop_front();
+                }
                 self.recent_cover.push_back(!miss);
                 if self.recent_cover.len() > CONFIDENCE_WINDOW {
                     self.recent_cover.pop_front();
@@ -404,7 +433,7 @@ impl Engine {
         while self
             .published
             .front()
-            .is_some_and(|(o, _, _)| o + lead <= idx + 1)
+            .is_some_and(|(o, _, _, _)| o + lead <= idx + 1)
         {
             self.published.pop_front();
         }
@@ -579,8 +608,17 @@ impl Engine {
         }
         if fresh {
             let point_lead = clean[(lead - 1).min(clean.len() - 1)];
-            self.published
-                .push_back((end, upper[..lead.min(upper.len())].to_vec(), point_lead));
+            let top_first = bands
+                .last()
+                .and_then(|b| b.values.first())
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            self.published.push_back((
+                end,
+                upper[..lead.min(upper.len())].to_vec(),
+                point_lead,
+                top_first,
+            ));
             if self.evaluating {
                 self.cands[sel].stats.selected += 1;
             }
@@ -596,6 +634,7 @@ impl Engine {
             upper,
             quantile: q,
             bands,
+            surprise: self.surprise,
             model: self.cands[sel].kind.as_str(),
             demoted: self.demoted,
             confident,

@@ -35,6 +35,9 @@ pub struct PolicyConfig {
     pub reactive_utilization: f64,
     /// Reactive floor: never plan for less than current demand at this utilisation.
     pub floor_utilization: f64,
+    /// Reactive floor utilisation right after a surprise (demand above the forecast's highest
+    /// band).
+    pub surprise_floor_utilization: f64,
     /// Lowest replica count ever asked for.
     pub min_replicas: u32,
     /// Highest replica count ever asked for.
@@ -84,6 +87,7 @@ impl PolicyConfig {
             target_utilization: 1.0,
             reactive_utilization: 0.7,
             floor_utilization: 1.0,
+            surprise_floor_utilization: 0.7,
             min_replicas,
             max_replicas,
             startup_seconds: startup,
@@ -116,6 +120,10 @@ impl PolicyConfig {
             ("target_utilization", self.target_utilization),
             ("reactive_utilization", self.reactive_utilization),
             ("floor_utilization", self.floor_utilization),
+            (
+                "surprise_floor_utilization",
+                self.surprise_floor_utilization,
+            ),
         ] {
             if !(u.is_finite() && u > 0.0 && u <= 2.0) {
                 return bad(field, "must be in (0, 2]");
@@ -252,7 +260,14 @@ impl ScalingPolicy for PredictivePolicy {
                 reason,
             };
         };
-        let floor = ceil_u32(demand / (cfg.capacity * cfg.floor_utilization));
+        // Right after a surprise the models lag the new level: keep HPA-like headroom on
+        // current demand until they catch up.
+        let floor_utilization = if obs.forecast.is_some_and(|f| f.surprise) {
+            cfg.floor_utilization.min(cfg.surprise_floor_utilization)
+        } else {
+            cfg.floor_utilization
+        };
+        let floor = ceil_u32(demand / (cfg.capacity * floor_utilization));
         let peak = obs
             .forecast
             .and_then(|f| self.window_peak(f, obs.now, rung).map(|p| (f, p)));
@@ -344,6 +359,7 @@ mod tests {
             model: "linear",
             demoted: false,
             confident: true,
+            surprise: false,
         }
     }
 
@@ -443,6 +459,21 @@ mod tests {
         let f = forecast(0, 10.0, 20.0);
         let d = p.recommend(&obs(Some(&f), Some(120.0), 5));
         assert_eq!(d.desired_replicas, 12);
+        assert_eq!(d.reason.term, Term::ReactiveFloor);
+    }
+
+    #[test]
+    fn after_a_surprise_the_floor_keeps_hpa_like_headroom() {
+        let mut p = policy();
+        let mut f = forecast(0, 10.0, 20.0);
+        assert_eq!(
+            p.recommend(&obs(Some(&f), Some(70.0), 5)).desired_replicas,
+            7
+        );
+        f.surprise = true;
+        // 70 at 70% utilisation of capacity 10: 10 replicas.
+        let d = p.recommend(&obs(Some(&f), Some(70.0), 5));
+        assert_eq!(d.desired_replicas, 10);
         assert_eq!(d.reason.term, Term::ReactiveFloor);
     }
 

@@ -214,6 +214,7 @@ mod tests {
             model: "linear",
             demoted: false,
             confident: true,
+            surprise: false,
         }
     }
 

@@ -1,12 +1,14 @@
 //! `prescale replay`: the forecaster and policies run over a recorded trace under the replay
 //! contract (decisions use data up to their row; pods start `startup` after the next row).
 
+mod bench;
 mod plot;
 mod report;
 mod suite;
 mod trace;
 
 pub use crate::policy::{Pods, unserved};
+pub use bench::{ForecastBenchRow, forecast_bench, protocol};
 pub use report::{write_decisions, write_summary};
 pub use suite::{Suite, SuiteEntry, SuiteRow, run_suite};
 pub use trace::{Trace, TraceError};

@@ -1,0 +1,604 @@
+//! The service wiring (`prescale serve`): the only module that knows every concrete type.
+//! It builds the stages from the config, runs the loop, serves HTTP, snapshots state, and
+//! shuts down on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::collector::{CollectError, MetricSource, Sample, TimeWindow};
+use crate::config::{Config, Mode, WorkloadConfig};
+use crate::domain::{Decision, Forecast, Term, Timestamp};
+use crate::forecast::{Engine, ForecastError, ModelKind, ModelPreset};
+use crate::metrics::{
+    ErrorLabels, ForecastLabels, HORIZONS, Metrics, ModelLabels, StateLabels, TermLabels,
+    WorkloadLabels,
+};
+use crate::policy::{Observation, PolicyConfig, PredictivePolicy, ScalingPolicy};
+
+/// A workload's visible state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadState {
+    /// Collecting history; no calibrated forecast yet (reactive policy).
+    WarmingUp,
+    /// Forecasting normally.
+    Healthy,
+    /// The latest fetch failed: replicas are held, never lowered.
+    Degraded,
+    /// Forecasts are worse than reacting would be: the reactive forecast is used.
+    Demoted,
+    /// Restored from the snapshot at start, not yet refreshed.
+    Restored,
+}
+
+impl WorkloadState {
+    /// Every state, for one-hot metrics.
+    pub const ALL: [&'static str; 5] = ["warming_up", "healthy", "degraded", "demoted", "restored"];
+
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadState::WarmingUp => "warming_up",
+            WorkloadState::Healthy => "healthy",
+            WorkloadState::Degraded => "degraded",
+            WorkloadState::Demoted => "demoted",
+            WorkloadState::Restored => "restored",
+        }
+    }
+}
+
+/// What the API shows of a workload (also what is snapshotted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Mode.
+    pub mode: Mode,
+    /// State.
+    pub state: WorkloadState,
+    /// Why the state is what it is (the error kind when degraded).
+    pub reason: Option<String>,
+    /// The last error, if any, in words.
+    pub last_error: Option<String>,
+    /// Latest demand sample time.
+    pub last_sample_at: Option<Timestamp>,
+    /// Latest demand.
+    pub demand: Option<f64>,
+    /// Replicas prescale wants.
+    pub desired_replicas: Option<u32>,
+    /// Replicas the workload has, when known (the dry-run actuator assumes `desired`).
+    pub current_replicas: Option<u32>,
+    /// Term of the policy that decided.
+    pub term: Option<String>,
+    /// Model in use.
+    pub model: Option<String>,
+    /// The latest forecast (points after the latest sample).
+    pub forecast: Option<ForecastView>,
+}
+
+/// A forecast as the API and the snapshot carry it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForecastView {
+    /// Time of the last sample used.
+    pub origin: Timestamp,
+    /// Seconds between points.
+    pub step: u64,
+    /// Point forecast per step.
+    pub point: Vec<f64>,
+    /// Upper quantile per step.
+    pub upper: Vec<f64>,
+    /// Quantile level of `upper`.
+    pub quantile: f64,
+}
+
+impl From<&Forecast> for ForecastView {
+    fn from(f: &Forecast) -> Self {
+        Self {
+            origin: f.origin,
+            step: f.step,
+            point: f.point.clone(),
+            upper: f.upper.clone(),
+            quantile: f.quantile,
+        }
+    }
+}
+
+/// Where time comes from.
+#[derive(Debug)]
+pub enum Timeline {
+    /// The wall clock.
+    Wall,
+    /// A virtual clock that advances `per_tick` seconds at every loop tick (the demo).
+    Virtual {
+        /// Current virtual time.
+        now: std::sync::atomic::AtomicI64,
+        /// Seconds added per tick.
+        per_tick: i64,
+    },
+}
+
+impl Timeline {
+    fn tick(&self) -> Timestamp {
+        match self {
+            Timeline::Wall => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            Timeline::Virtual { now, per_tick } => {
+                now.fetch_add(*per_tick, std::sync::atomic::Ordering::SeqCst) + per_tick
+            }
+        }
+    }
+}
+
+/// One workload's forecasting and policy state.
+struct Runtime {
+    cfg: WorkloadConfig,
+    query: String,
+    labels: WorkloadLabels,
+    engine: Engine,
+    policy: PredictivePolicy,
+    lead_steps: usize,
+    last_sample: Option<Timestamp>,
+    current: Option<u32>,
+    view: WorkloadView,
+}
+
+/// State shared by the loop and the HTTP server.
+pub struct Shared {
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Workload views, by `namespace/name`.
+    pub views: RwLock<BTreeMap<String, WorkloadView>>,
+    /// True once the first loop finished.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+/// The service.
+pub struct Service {
+    cfg: Config,
+    source: Arc<dyn MetricSource>,
+    runtimes: Vec<Arc<Mutex<Runtime>>>,
+    shared: Arc<Shared>,
+    timeline: Timeline,
+    step: u64,
+    tick: Duration,
+}
+
+const MODELS: [ModelKind; 5] = [
+    ModelKind::Persistence,
+    ModelKind::SeasonalNaive,
+    ModelKind::MstlEts,
+    ModelKind::Linear,
+    ModelKind::DampedTrend,
+];
+const TERMS: [Term; 8] = [
+    Term::Forecast,
+    Term::ReactiveFloor,
+    Term::Reactive,
+    Term::Stabilization,
+    Term::StepLimit,
+    Term::MinReplicas,
+    Term::MaxReplicas,
+    Term::MissingData,
+];
+
+impl Service {
+    /// Builds the service: one engine and policy per workload.
+    ///
+    /// # Errors
+    /// A model preset or policy setting that cannot be used.
+    pub fn new(
+        cfg: Config,
+        source: Arc<dyn MetricSource>,
+        timeline: Timeline,
+        step: u64,
+        tick: Duration,
+    ) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared {
+            metrics: Metrics::new(),
+            views: RwLock::new(BTreeMap::new()),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        });
+        shared
+            .metrics
+            .workloads
+            .set(i64::try_from(cfg.workloads.len()).unwrap_or(i64::MAX));
+        let mut runtimes = Vec::new();
+        for w in &cfg.workloads {
+            let mut preset = ModelPreset::load(&w.model)?;
+            if let Some(q) = w.quantile {
+                preset.quantile = q;
+            }
+            let mut pc = PolicyConfig::new(
+                w.capacity_per_replica,
+                w.min_replicas,
+                w.max_replicas,
+                w.startup.as_secs(),
+                step,
+            );
+            pc.target_utilization = w.target_utilization;
+            let lead_steps = pc.lead_seconds().div_ceil(step) as usize;
+            let view = WorkloadView {
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+                mode: w.mode,
+                state: WorkloadState::WarmingUp,
+                reason: None,
+                last_error: None,
+                last_sample_at: None,
+                demand: None,
+                desired_replicas: None,
+                current_replicas: None,
+                term: None,
+                model: None,
+                forecast: None,
+            };
+            runtimes.push(Arc::new(Mutex::new(Runtime {
+                query: w.render_query(),
+                labels: WorkloadLabels {
+                    namespace: w.namespace.clone(),
+                    workload: w.name.clone(),
+                },
+                engine: {
+                    let mut e = Engine::new(preset, step, lead_steps);
+                    e.set_evaluating(true);
+                    e
+                },
+                policy: PredictivePolicy::new(pc)
+                    .with_context(|| format!("workload {}", w.key()))?,
+                lead_steps,
+                last_sample: None,
+                current: None,
+                view,
+                cfg: w.clone(),
+            })));
+        }
+        Ok(Self {
+            cfg,
+            source,
+            runtimes,
+            shared,
+            timeline,
+            step,
+            tick,
+        })
+    }
+
+    /// State shared with the HTTP server.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("snapshot.json")
+    }
+
+    /// Loads the last snapshot (views only: forecasts, decisions), marking them restored.
+    ///
+    /// # Errors
+    /// A snapshot that exists but cannot be read or parsed.
+    pub fn restore(&self) -> anyhow::Result<usize> {
+        let path = self.snapshot_path();
+        if !path.exists() {
+            return Ok(0);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        let saved: BTreeMap<String, WorkloadView> =
+            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        let mut n = 0;
+        for rt in &self.runtimes {
+            let Ok(mut rt) = rt.lock() else { continue };
+            if let Some(v) = saved.get(&rt.cfg.key()) {
+                rt.view = WorkloadView {
+                    state: WorkloadState::Restored,
+                    mode: rt.cfg.mode,
+                    ..v.clone()
+                };
+                rt.current = v.current_replicas;
+                n += 1;
+            }
+        }
+        self.publish_views();
+        Ok(n)
+    }
+
+    fn publish_views(&self) {
+        let views: BTreeMap<String, WorkloadView> = self
+            .runtimes
+            .iter()
+            .filter_map(|rt| rt.lock().ok().map(|rt| (rt.cfg.key(), rt.view.clone())))
+            .collect();
+        if let Ok(mut v) = self.shared.views.write() {
+            *v = views;
+        }
+    }
+
+    /// Writes the views to the data directory: a temporary file, fsync, then rename, so a
+    /// crash leaves either the old or the new snapshot, never a torn one.
+    fn write_snapshot(&self) -> anyhow::Result<()> {
+        let views = self
+            .shared
+            .views
+            .read()
+            .map_err(|_| anyhow::anyhow!("views lock poisoned"))?
+            .clone();
+        write_atomic(
+            &self.snapshot_path(),
+            serde_json::to_string(&views)?.as_bytes(),
+        )
+    }
+
+    /// One pass over every workload at time `now`.
+    pub async fn run_once(&self, now: Timestamp) {
+        let clock = std::time::Instant::now();
+        let end = now.div_euclid(self.step as i64) * self.step as i64;
+        let history = self.cfg.loop_.history.as_secs() as i64;
+        let jobs: Vec<_> = self
+            .runtimes
+            .iter()
+            .cloned()
+            .map(|rt| {
+                let source = self.source.clone();
+                let shared = self.shared.clone();
+                let step = self.step;
+                async move {
+                    let (query, last) = match rt.lock() {
+                        Ok(r) => (r.query.clone(), r.last_sample),
+                        Err(_) => return,
+                    };
+                    let start = last.map_or(end - history, |l| l + step as i64);
+                    let fetched = if start > end {
+                        Ok(Vec::new())
+                    } else {
+                        let t = std::time::Instant::now();
+                        let r = source.fetch(&query, TimeWindow { start, end, step }).await;
+                        shared
+                            .metrics
+                            .collector_duration
+                            .observe(t.elapsed().as_secs_f64());
+                        r
+                    };
+                    // Fitting is CPU-bound: keep it off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Ok(mut r) = rt.lock() {
+                            r.process(fetched, now, &shared.metrics);
+                        }
+                    })
+                    .await;
+                }
+            })
+            .collect();
+        futures::stream::iter(jobs)
+            .buffer_unordered(self.cfg.loop_.concurrency)
+            .collect::<Vec<()>>()
+            .await;
+        self.publish_views();
+        if let Err(e) = self.write_snapshot() {
+            tracing::warn!(error = %e, "Snapshot failed");
+            self.shared
+                .metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    stage: "store",
+                    kind: "snapshot",
+                })
+                .inc();
+        }
+        self.shared
+            .metrics
+            .loop_duration
+            .observe(clock.elapsed().as_secs_f64());
+        self.shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Runs the loop until `shutdown` is cancelled.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(self.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = interval.tick() => {
+                    let now = self.timeline.tick();
+                    self.run_once(now).await;
+                }
+            }
+        }
+    }
+}
+
+impl Runtime {
+    fn process(
+        &mut self,
+        fetched: Result<Vec<Sample>, CollectError>,
+        now: Timestamp,
+        metrics: &Metrics,
+    ) {
+        let w = self.labels.clone();
+        let demand = match fetched {
+            Ok(samples) => {
+                let n = samples.len();
+                for (i, s) in samples.into_iter().enumerate() {
+                    if self.last_sample.is_some_and(|l| s.at <= l) {
+                        continue;
+                    }
+                    if let Err(e) = self.engine.observe(s.at, s.value) {
+                        count(metrics, "forecast", e.kind());
+                    }
+                    // Backfilled history is replayed step by step, so the online backtest
+                    // and the calibration are warm when the first live forecast is made.
+                    if i + 1 < n {
+                        let _ = self.engine.forecast(self.lead_steps);
+                    }
+                    self.last_sample = Some(s.at);
+                    self.view.demand = Some(s.value);
+                }
+                self.view.last_sample_at = self.last_sample;
+                self.view.last_error = None;
+                self.view.reason = None;
+                self.view.demand
+            }
+            Err(e) => {
+                count(metrics, "collector", e.kind());
+                tracing::warn!(workload = %self.cfg.key(), error = %e, "Fetch failed; holding replicas");
+                self.view.state = WorkloadState::Degraded;
+                self.view.reason = Some(e.kind().to_string());
+                self.view.last_error = Some(e.to_string());
+                None
+            }
+        };
+        let horizon = (6 * 3600 / self.engine_step()).max(self.lead_steps as u64) as usize;
+        let forecast = if demand.is_some() {
+            match self.engine.forecast(horizon) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    if !matches!(e, ForecastError::NotEnoughData { .. }) {
+                        count(metrics, "forecast", e.kind());
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let current = self.current.unwrap_or(self.cfg.min_replicas.max(1));
+        let decision: Decision = self.policy.recommend(&Observation {
+            now,
+            demand,
+            current_replicas: current,
+            ready_replicas: current,
+            forecast: forecast.as_ref(),
+        });
+        // Dry-run actuator: what was decided is taken as applied.
+        self.current = Some(decision.desired_replicas);
+        if demand.is_some() {
+            self.view.state = match &forecast {
+                None => WorkloadState::WarmingUp,
+                Some(f) if f.demoted => WorkloadState::Demoted,
+                Some(_) => WorkloadState::Healthy,
+            };
+        }
+        self.view.desired_replicas = Some(decision.desired_replicas);
+        self.view.current_replicas = self.current;
+        self.view.term = Some(decision.reason.term.as_str().to_string());
+        let status = self.engine.status();
+        self.view.model = Some(status.model.to_string());
+        if let Some(f) = &forecast {
+            self.view.forecast = Some(ForecastView::from(f));
+        }
+
+        // Metrics.
+        if let Some(d) = demand {
+            metrics.demand.get_or_create(&w).set(d);
+        }
+        metrics
+            .desired
+            .get_or_create(&w)
+            .set(i64::from(decision.desired_replicas));
+        metrics
+            .current
+            .get_or_create(&w)
+            .set(i64::from(decision.desired_replicas));
+        let terms: Vec<&str> = TERMS.iter().map(|t| t.as_str()).collect();
+        Metrics::one_hot(&metrics.term, &terms, decision.reason.term.as_str(), |v| {
+            TermLabels {
+                namespace: w.namespace.clone(),
+                workload: w.workload.clone(),
+                term: v.to_string(),
+            }
+        });
+        let models: Vec<&str> = MODELS.iter().map(|m| m.as_str()).collect();
+        Metrics::one_hot(&metrics.model, &models, status.model, |v| ModelLabels {
+            namespace: w.namespace.clone(),
+            workload: w.workload.clone(),
+            model: v.to_string(),
+        });
+        Metrics::one_hot(
+            &metrics.state,
+            &WorkloadState::ALL,
+            self.view.state.as_str(),
+            |v| StateLabels {
+                namespace: w.namespace.clone(),
+                workload: w.workload.clone(),
+                state: v.to_string(),
+            },
+        );
+        if let Some(c) = status.coverage {
+            metrics.coverage.get_or_create(&w).set(c);
+        }
+        if let Some(e) = self.engine.recent_error_ratio() {
+            metrics.backtest_error.get_or_create(&w).set(e);
+        }
+        if let Some(f) = &forecast {
+            metrics.last_success.get_or_create(&w).set(now as f64);
+            let step = f.step.max(1);
+            for (h, secs) in HORIZONS {
+                let k = if secs == 0 {
+                    self.lead_steps
+                } else {
+                    (secs / step) as usize
+                };
+                let k = k.saturating_sub(1).min(f.point.len().saturating_sub(1));
+                for (band, v) in [("point", f.point.get(k)), ("upper", f.upper.get(k))] {
+                    if let Some(v) = v {
+                        metrics
+                            .forecast
+                            .get_or_create(&ForecastLabels {
+                                namespace: w.namespace.clone(),
+                                workload: w.workload.clone(),
+                                horizon: h,
+                                band,
+                            })
+                            .set(*v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn engine_step(&self) -> u64 {
+        self.engine.step()
+    }
+}
+
+fn count(metrics: &Metrics, stage: &'static str, kind: &'static str) {
+    metrics
+        .errors
+        .get_or_create(&ErrorLabels { stage, kind })
+        .inc();
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

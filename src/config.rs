@@ -1,0 +1,617 @@
+//! The service configuration: one YAML file, every field documented here, validated once.
+//!
+//! The doc comment on each field is its reference documentation. Unknown fields are
+//! rejected. A few deploy-time knobs can be overridden from the environment (see
+//! [`ENV_OVERRIDES`]).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::ModelPreset;
+
+/// Environment variables that override config fields at start, and the field each sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("PRESCALE_PROMETHEUS_URL", "prometheus.url"),
+    ("PRESCALE_DATA_DIR", "data_dir"),
+    ("PRESCALE_LISTEN_HTTP", "listen.http"),
+    ("PRESCALE_LISTEN_GRPC", "listen.grpc"),
+    ("PRESCALE_LOG_FORMAT", "log_format"),
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where demand history comes from.
+    pub prometheus: PrometheusConfig,
+    /// The forecast-and-decide loop.
+    #[serde(default, rename = "loop")]
+    pub loop_: LoopConfig,
+    /// Directory for snapshots of forecasts and model state (and, later, the store). Created
+    /// if missing.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Log format: `text` (human) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The workloads prescale forecasts and scales.
+    pub workloads: Vec<WorkloadConfig>,
+}
+
+/// Prometheus connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    pub url: String,
+    /// File holding a bearer token sent as `Authorization: Bearer <token>` (read at start).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// HTTP basic authentication.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// PEM file of a CA to trust for `https` URLs, in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one request (also sent to Prometheus as `timeout=`). Must be shorter than
+    /// the loop interval.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a failed request (timeouts, connection errors, 5xx) within one loop, with
+    /// exponential backoff. 4xx answers are not retried.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// A sample older than this (relative to the newest sample Prometheus returns for the
+    /// range) makes the series stale: missing, never zero.
+    #[serde(default = "default_stale_after", with = "humantime_serde")]
+    pub stale_after: Duration,
+}
+
+/// HTTP basic authentication for Prometheus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// User name.
+    pub username: String,
+    /// File holding the password (read at start; never logged).
+    pub password_file: PathBuf,
+}
+
+/// The loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// Time between two forecast-and-decide passes over all workloads; also each workload's
+    /// sampling step (range queries use it as `step`).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// History backfilled at start and kept per workload.
+    #[serde(default = "default_history", with = "humantime_serde")]
+    pub history: Duration,
+    /// Workloads fetched and forecast at the same time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+/// Listen addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// HTTP server: API, `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+    /// gRPC server (KEDA external scaler).
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What prescale does with a workload's recommendations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Forecast and export only.
+    #[default]
+    Observe,
+    /// Every change of desired replicas waits for approval.
+    Recommend,
+    /// Changes are applied through the configured actuator.
+    Auto,
+}
+
+/// The kind of a workload's scale target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+}
+
+/// One workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Kubernetes namespace (a DNS-1123 label).
+    pub namespace: String,
+    /// Name of the Deployment or StatefulSet (a DNS-1123 subdomain).
+    pub name: String,
+    /// Kind of the scale target.
+    #[serde(default = "default_kind")]
+    pub kind: WorkloadKind,
+    /// PromQL returning exactly one series: the workload's demand. `{{namespace}}` and
+    /// `{{name}}` are replaced by the workload's namespace and name, escaped for use inside a
+    /// double-quoted PromQL string (write `namespace="{{namespace}}"`).
+    pub demand_query: String,
+    /// Demand one ready replica serves at 100% utilisation (same unit as the query).
+    pub capacity_per_replica: f64,
+    /// Share of `capacity_per_replica` the forecast may use (the quantile already carries
+    /// the headroom, so 1.0 is the usual value).
+    #[serde(default = "default_target_utilization")]
+    pub target_utilization: f64,
+    /// Lowest replica count ever asked for.
+    #[serde(default = "default_min_replicas")]
+    pub min_replicas: u32,
+    /// Highest replica count ever asked for.
+    pub max_replicas: u32,
+    /// Time from asking for a pod to it serving: the forecast lead.
+    #[serde(default = "default_startup", with = "humantime_serde")]
+    pub startup: Duration,
+    /// `observe`, `recommend` or `auto`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Model preset: a built-in name (`auto`, `seasonal`, `reactive`, `conservative`) or a
+    /// path to a preset YAML file.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Quantile of demand to forecast (overrides the preset's).
+    #[serde(default)]
+    pub quantile: Option<f64>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_stale_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_history() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_kind() -> WorkloadKind {
+    WorkloadKind::Deployment
+}
+fn default_target_utilization() -> f64 {
+    1.0
+}
+fn default_min_replicas() -> u32 {
+    1
+}
+fn default_startup() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_model() -> String {
+    "auto".to_string()
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            history: default_history(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            http: default_http(),
+            grpc: default_grpc(),
+        }
+    }
+}
+
+/// A configuration that cannot be used. The message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown field or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message (names the field, line and column).
+        message: String,
+    },
+    /// A field holds a value that cannot work.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the field, e.g. `workloads[2].max_replicas`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Bounded label for metrics and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Io { .. } => "io",
+            ConfigError::Parse { .. } => "parse",
+            ConfigError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// True for a DNS-1123 label: lowercase alphanumerics and `-`, starting and ending with an
+/// alphanumeric, at most 63 characters.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// True for a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Escapes `s` for use inside a double-quoted PromQL string literal, so that no value can
+/// end the string or change the query.
+pub fn promql_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl WorkloadConfig {
+    /// The demand query with `{{namespace}}` and `{{name}}` substituted (escaped).
+    pub fn render_query(&self) -> String {
+        self.demand_query
+            .replace("{{namespace}}", &promql_escape(&self.namespace))
+            .replace("{{name}}", &promql_escape(&self.name))
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Config {
+    /// Reads, applies environment overrides (from `env`), and validates a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field at fault.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text, env)
+    }
+
+    /// As [`Config::load`], from text; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field at fault.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for &(var, field) in ENV_OVERRIDES {
+            let Some(v) = env(var) else { continue };
+            let bad = |m: String| invalid(format!("{field} (from {var})"), m);
+            match field {
+                "prometheus.url" => self.prometheus.url = v,
+                "data_dir" => self.data_dir = PathBuf::from(v),
+                "listen.http" => self.listen.http = v.parse().map_err(|e| bad(format!("{e}")))?,
+                "listen.grpc" => self.listen.grpc = v.parse().map_err(|e| bad(format!("{e}")))?,
+                "log_format" => {
+                    self.log_format = match v.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        other => return Err(bad(format!("`{other}` is not text or json"))),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field once; after this, code trusts the values.
+    ///
+    /// # Errors
+    /// The first field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.prometheus;
+        if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+            return Err(invalid(
+                "prometheus.url",
+                "must start with http:// or https://",
+            ));
+        }
+        if p.timeout.is_zero() {
+            return Err(invalid("prometheus.timeout", "must be positive"));
+        }
+        if p.timeout >= self.loop_.interval {
+            return Err(invalid(
+                "prometheus.timeout",
+                "must be shorter than loop.interval",
+            ));
+        }
+        if p.retries > 10 {
+            return Err(invalid("prometheus.retries", "must be at most 10"));
+        }
+        if self.loop_.interval < Duration::from_secs(1) {
+            return Err(invalid("loop.interval", "must be at least 1s"));
+        }
+        if self.loop_.history < 4 * self.loop_.interval {
+            return Err(invalid(
+                "loop.history",
+                "must cover at least 4 loop intervals",
+            ));
+        }
+        if self.loop_.concurrency == 0 || self.loop_.concurrency > 1024 {
+            return Err(invalid("loop.concurrency", "must be in 1..=1024"));
+        }
+        if self.workloads.is_empty() {
+            return Err(invalid("workloads", "must list at least one workload"));
+        }
+        let mut seen = HashSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let f = |name: &str| format!("workloads[{i}].{name}");
+            if !is_dns_label(&w.namespace) {
+                return Err(invalid(
+                    f("namespace"),
+                    format!(
+                        "`{}` is not a valid namespace (DNS-1123 label)",
+                        w.namespace.escape_debug()
+                    ),
+                ));
+            }
+            if !is_dns_subdomain(&w.name) {
+                return Err(invalid(
+                    f("name"),
+                    format!(
+                        "`{}` is not a valid workload name (DNS-1123 subdomain)",
+                        w.name.escape_debug()
+                    ),
+                ));
+            }
+            if !seen.insert((w.namespace.clone(), w.name.clone())) {
+                return Err(invalid(f("name"), format!("{} is listed twice", w.key())));
+            }
+            if w.demand_query.trim().is_empty() {
+                return Err(invalid(f("demand_query"), "must not be empty"));
+            }
+            if !(w.capacity_per_replica.is_finite() && w.capacity_per_replica > 0.0) {
+                return Err(invalid(
+                    f("capacity_per_replica"),
+                    "must be a positive number",
+                ));
+            }
+            if !(w.target_utilization > 0.0 && w.target_utilization <= 2.0) {
+                return Err(invalid(f("target_utilization"), "must be in (0, 2]"));
+            }
+            if w.max_replicas == 0 {
+                return Err(invalid(f("max_replicas"), "must be at least 1"));
+            }
+            if w.min_replicas > w.max_replicas {
+                return Err(invalid(f("min_replicas"), "must not exceed max_replicas"));
+            }
+            if let Some(q) = w.quantile
+                && !(q > 0.5 && q < 0.999)
+            {
+                return Err(invalid(f("quantile"), "must be in (0.5, 0.999)"));
+            }
+            ModelPreset::load(&w.model).map_err(|e| invalid(f("model"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+prometheus:
+  url: http://127.0.0.1:9090
+workloads:
+  - namespace: shop
+    name: web
+    demand_query: 'sum(rate(http_requests_total{namespace="{{namespace}}", deployment="{{name}}"}[2m]))'
+    capacity_per_replica: 50
+    max_replicas: 20
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("c.yaml"), text, &no_env)
+    }
+
+    #[test]
+    fn a_minimal_config_gets_documented_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.loop_.interval, Duration::from_secs(60));
+        assert_eq!(c.listen.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.listen.grpc, "127.0.0.1:9090".parse().unwrap());
+        let w = &c.workloads[0];
+        assert_eq!(
+            (w.mode, w.kind, w.min_replicas),
+            (Mode::Observe, WorkloadKind::Deployment, 1)
+        );
+        assert_eq!(
+            w.render_query(),
+            r#"sum(rate(http_requests_total{namespace="shop", deployment="web"}[2m]))"#
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                GOOD.replace(
+                    "capacity_per_replica: 50",
+                    "capacity_per_replica: 50\n    colour: red",
+                ),
+                "colour",
+            ),
+            (
+                GOOD.replace("max_replicas: 20", "max_replicas: 0"),
+                "workloads[0].max_replicas",
+            ),
+            (
+                GOOD.replace("max_replicas: 20", "max_replicas: 2\n    min_replicas: 3"),
+                "workloads[0].min_replicas",
+            ),
+            (
+                GOOD.replace("capacity_per_replica: 50", "capacity_per_replica: -1"),
+                "workloads[0].capacity_per_replica",
+            ),
+            (
+                GOOD.replace("name: web", "name: Web_1"),
+                "workloads[0].name",
+            ),
+            (
+                GOOD.replace("namespace: shop", "namespace: 'a\"b'"),
+                "workloads[0].namespace",
+            ),
+            (
+                GOOD.replace("url: http://127.0.0.1:9090", "url: 127.0.0.1:9090"),
+                "prometheus.url",
+            ),
+            (
+                GOOD.replace("max_replicas: 20", "max_replicas: 20\n    model: nope"),
+                "workloads[0].model",
+            ),
+            (
+                GOOD.replace("max_replicas: 20", "max_replicas: 20\n    mode: yolo"),
+                "yolo",
+            ),
+            (
+                format!("{GOOD}loop:\n  interval: 2s\n"),
+                "prometheus.timeout",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_deploy_time_knobs() {
+        let env = |k: &str| match k {
+            "PRESCALE_LISTEN_HTTP" => Some("0.0.0.0:18080".to_string()),
+            "PRESCALE_PROMETHEUS_URL" => Some("https://prom:9090".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(Path::new("c.yaml"), GOOD, &env).unwrap();
+        assert_eq!(c.listen.http, "0.0.0.0:18080".parse().unwrap());
+        assert_eq!(c.prometheus.url, "https://prom:9090");
+        let bad = |k: &str| (k == "PRESCALE_LOG_FORMAT").then(|| "xml".to_string());
+        let e = Config::parse(Path::new("c.yaml"), GOOD, &bad).unwrap_err();
+        assert!(e.to_string().contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn hostile_label_values_cannot_escape_the_promql_string() {
+        for hostile in [r#"a"}or vector(1)#"#, "a\\\"", "x\ny", "}#", "\"", "\\"] {
+            let esc = promql_escape(hostile);
+            // Every quote in the escaped text is preceded by an odd number of backslashes.
+            let b = esc.as_bytes();
+            for (i, &c) in b.iter().enumerate() {
+                if c == b'"' {
+                    let slashes = b[..i].iter().rev().take_while(|&&x| x == b'\\').count();
+                    assert!(slashes % 2 == 1, "{hostile:?} -> {esc}");
+                }
+            }
+            assert!(!esc.contains('\n'));
+        }
+        assert_eq!(promql_escape(r#"a"b\c"#), r#"a\"b\\c"#);
+    }
+}

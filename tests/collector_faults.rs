@@ -1,0 +1,315 @@
+//! The collector against a scriptable fake Prometheus (fault injection only): every bad
+//! answer is a typed error, never zero, and the service holds replicas and shows why.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use prescale::app::{Service, Timeline, WorkloadState};
+use prescale::collector::{MetricSource, PrometheusSource, TimeWindow};
+use prescale::config::{Config, PrometheusConfig};
+
+/// What the fake answers next.
+#[derive(Clone)]
+enum Answer {
+    Body(StatusCode, &'static str, String),
+    Slow(Duration),
+    /// A healthy matrix: one series, `value` every step from `start` to `end`.
+    Series {
+        start: i64,
+        end: i64,
+        step: i64,
+        value: f64,
+    },
+}
+
+/// Requests the fake received: (start, end, step) as sent.
+type Log = Arc<Mutex<Vec<(i64, i64, i64)>>>;
+
+async fn fake(answer: Arc<Mutex<Answer>>) -> SocketAddr {
+    fake_logged(answer, Log::default()).await
+}
+
+async fn fake_logged(answer: Arc<Mutex<Answer>>, log: Log) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/api/v1/query_range",
+        axum::routing::any(move |axum::Form(p): axum::Form<std::collections::HashMap<String, String>>| {
+            let answer = answer.lock().unwrap().clone();
+            let num = |k: &str| p.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
+            let (q_start, q_end, q_step) = (num("start"), num("end"), num("step"));
+            log.lock().unwrap().push((q_start, q_end, q_step));
+            async move {
+                match answer {
+                    Answer::Body(status, ctype, body) => {
+                        (status, [(axum::http::header::CONTENT_TYPE, ctype)], body).into_response()
+                    }
+                    Answer::Slow(d) => {
+                        tokio::time::sleep(d).await;
+                        (StatusCode::OK, "late").into_response()
+                    }
+                    Answer::Series { start, end, step, value } => {
+                        // Like Prometheus: only the samples inside the requested range.
+                        let values: Vec<String> = (0..)
+                            .map(|k| start + k * step)
+                            .take_while(|t| *t <= end)
+                            .filter(|t| *t >= q_start && *t <= q_end)
+                            .map(|t| format!("[{t},\"{value}\"]"))
+                            .collect();
+                        let body = format!(
+                            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{"job":"x"}},"values":[{}]}}]}}}}"#,
+                            values.join(",")
+                        );
+                        (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn prom_config(url: String) -> PrometheusConfig {
+    PrometheusConfig {
+        url,
+        bearer_token_file: None,
+        basic_auth: None,
+        ca_file: None,
+        timeout: Duration::from_millis(500),
+        retries: 1,
+        stale_after: Duration::from_secs(300),
+    }
+}
+
+const JSON: &str = "application/json";
+
+fn matrix(series: &str) -> String {
+    format!(r#"{{"status":"success","data":{{"resultType":"matrix","result":[{series}]}}}}"#)
+}
+
+fn faults(now: i64) -> Vec<(&'static str, Answer)> {
+    let old = now - 3600;
+    vec![
+        (
+            "http_5xx",
+            Answer::Body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                JSON,
+                r#"{"status":"error","errorType":"unavailable","error":"busy"}"#.into(),
+            ),
+        ),
+        (
+            "http_4xx",
+            Answer::Body(
+                StatusCode::BAD_REQUEST,
+                JSON,
+                r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#.into(),
+            ),
+        ),
+        (
+            "bad_response",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                r#"{"status":"success","data":{"resultType":"matrix","res"#.into(),
+            ),
+        ),
+        (
+            "bad_response",
+            Answer::Body(
+                StatusCode::OK,
+                "text/html",
+                "<html>proxy error</html>".into(),
+            ),
+        ),
+        (
+            "bad_response",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                r#"{"status":"error","errorType":"internal","error":"boom"}"#.into(),
+            ),
+        ),
+        ("empty", Answer::Body(StatusCode::OK, JSON, matrix(""))),
+        (
+            "invalid_sample",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                matrix(&format!(r#"{{"metric":{{}},"values":[[{now},"NaN"]]}}"#)),
+            ),
+        ),
+        (
+            "invalid_sample",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                matrix(&format!(r#"{{"metric":{{}},"values":[[{now},"+Inf"]]}}"#)),
+            ),
+        ),
+        (
+            "stale",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                matrix(&format!(r#"{{"metric":{{}},"values":[[{old},"5"]]}}"#)),
+            ),
+        ),
+        (
+            "multi_series",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                matrix(&format!(
+                    r#"{{"metric":{{"pod":"a"}},"values":[[{now},"5"]]}},{{"metric":{{"pod":"b"}},"values":[[{now},"6"]]}}"#
+                )),
+            ),
+        ),
+        (
+            "partial",
+            Answer::Body(
+                StatusCode::OK,
+                JSON,
+                format!(
+                    r#"{{"status":"success","warnings":["shard down"],"data":{{"resultType":"matrix","result":[{{"metric":{{}},"values":[[{now},"5"]]}}]}}}}"#
+                ),
+            ),
+        ),
+        ("timeout", Answer::Slow(Duration::from_secs(3))),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_answer_is_a_typed_error_never_zero() {
+    let now = 1_800_000_000;
+    let answer = Arc::new(Mutex::new(Answer::Series {
+        start: now - 600,
+        end: now,
+        step: 60,
+        value: 5.0,
+    }));
+    let addr = fake(answer.clone()).await;
+    let source = PrometheusSource::new(&prom_config(format!("http://{addr}"))).unwrap();
+    let window = TimeWindow {
+        start: now - 600,
+        end: now,
+        step: 60,
+    };
+    let ok = source.fetch("q", window).await.unwrap();
+    assert_eq!(ok.len(), 11);
+    assert!(ok.iter().all(|s| s.value == 5.0));
+    for (kind, a) in faults(now) {
+        *answer.lock().unwrap() = a;
+        let err = source.fetch("q", window).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let source = PrometheusSource::new(&prom_config(format!("http://{addr}"))).unwrap();
+    let err = source
+        .fetch(
+            "q",
+            TimeWindow {
+                start: 0,
+                end: 60,
+                step: 60,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "connect", "{err}");
+}
+
+#[tokio::test]
+async fn long_ranges_are_split_under_the_point_limit() {
+    let now = 1_800_000_000;
+    let step = 60;
+    let start = now - 25_000 * step; // 25,001 points: three requests
+    let answer = Arc::new(Mutex::new(Answer::Series {
+        start,
+        end: now,
+        step,
+        value: 1.0,
+    }));
+    let log = Log::default();
+    let addr = fake_logged(answer, log.clone()).await;
+    let source = PrometheusSource::new(&prom_config(format!("http://{addr}"))).unwrap();
+    let got = source
+        .fetch(
+            "q",
+            TimeWindow {
+                start,
+                end: now,
+                step: step as u64,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 25_001);
+    assert!(got.windows(2).all(|w| w[1].at == w[0].at + step));
+    let requests = log.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    for (s, e, st) in &requests {
+        assert_eq!(*st, step);
+        assert!(
+            (e - s) / st < prescale::collector::max_points_per_query(),
+            "more than the limit"
+        );
+    }
+    assert!(prescale::collector::max_points_per_query() < 11_000);
+}
+
+#[tokio::test]
+async fn faults_hold_replicas_and_show_in_the_workload_state() {
+    let step = 60_i64;
+    let now = 1_800_000_000_i64;
+    let answer = Arc::new(Mutex::new(Answer::Series {
+        start: now - 2 * 86_400,
+        end: now,
+        step,
+        value: 400.0,
+    }));
+    let addr = fake(answer.clone()).await;
+    let yaml = format!(
+        "prometheus:\n  url: http://{addr}\n  timeout: 500ms\n  retries: 0\nloop:\n  interval: 60s\n  history: 2d\n\
+         data_dir: {dir}\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
+        dir = tempfile::tempdir().unwrap().keep().display()
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(PrometheusSource::new(&cfg.prometheus).unwrap());
+    let service = Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap();
+    service.run_once(now).await;
+    let view = |s: &Service| s.shared().views.read().unwrap()["shop/web"].clone();
+    let before = view(&service);
+    assert_ne!(before.state, WorkloadState::Degraded);
+    let held = before.desired_replicas.unwrap();
+    assert!(held >= 40, "400 demand at capacity 10 needs 40: {held}");
+    let mut t = now;
+    for (kind, a) in faults(now) {
+        t += step;
+        *answer.lock().unwrap() = a;
+        service.run_once(t).await;
+        let v = view(&service);
+        assert_eq!(v.state, WorkloadState::Degraded, "{kind}");
+        assert_eq!(v.reason.as_deref(), Some(kind));
+        assert!(
+            v.desired_replicas.unwrap() >= held,
+            "{kind}: {} < {held}",
+            v.desired_replicas.unwrap()
+        );
+        let metrics = service.shared().metrics.encode();
+        let line = format!("prescale_errors_total{{stage=\"collector\",kind=\"{kind}\"}}");
+        assert!(metrics.contains(&line), "{kind} not counted");
+    }
+}

@@ -1,0 +1,124 @@
+//! `prescale serve` as a newcomer meets it: the embedded demo over HTTP, readiness, the
+//! read API, SIGTERM; and `check-config` on good and bad files.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(clippy::disallowed_methods)] // polling a child process from a test thread
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.get(9..12)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+#[test]
+fn the_demo_serves_forecasts_and_stops_cleanly_on_sigterm() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["serve", "--demo-tick", "1s"])
+        .env("PRESCALE_LISTEN_HTTP", format!("127.0.0.1:{port}"))
+        .env("PRESCALE_DATA_DIR", data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..300 {
+        if get(port, "/readyz").is_some_and(|(s, _)| s == 200) {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "demo never became ready");
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    let (status, body) = get(port, "/api/v1/workloads").unwrap();
+    assert_eq!(status, 200);
+    let workloads: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(workloads.as_array().unwrap().len(), 2);
+    assert!(workloads[0]["desired_replicas"].as_u64().unwrap() >= 1);
+    let (status, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("prescale_desired_replicas{namespace=\"demo\",workload=\"web\"}"));
+    assert!(
+        metrics.contains("prescale_forecast_demand{"),
+        "no forecast after warm-up"
+    );
+    assert_eq!(get(port, "/api/v1/workloads/demo/nope").unwrap().0, 404);
+
+    // SIGTERM: drains and exits 0; the snapshot survives for the next start.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.expect("no exit within 10 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let snapshot = std::fs::read_to_string(data.path().join("snapshot.json")).unwrap();
+    assert!(snapshot.contains("demo/web"));
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prescale.yaml");
+    let o = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["check-config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn check_config_exits_64_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "prometheus:\n  url: http://127.0.0.1:9090\nworkloads:\n- {namespace: shop, name: web, demand_query: 'up', capacity_per_replica: 5, max_replicas: 3}\n";
+    let path = dir.path().join("good.yaml");
+    std::fs::write(&path, good).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["check-config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bad = good.replace("max_replicas: 3", "max_replicas: 3, min_replicas: 9");
+    std::fs::write(&path, bad).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["check-config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("workloads[0].min_replicas"));
+}
