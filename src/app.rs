@@ -212,6 +212,18 @@ impl Service {
             .metrics
             .workloads
             .set(i64::try_from(cfg.workloads.len()).unwrap_or(i64::MAX));
+        // Every error series exists from the start at 0, so rates and dashboards see them.
+        let kinds = CollectError::KINDS
+            .iter()
+            .map(|k| ("collector", *k))
+            .chain(ForecastError::KINDS.iter().map(|k| ("forecast", *k)))
+            .chain(std::iter::once(("store", "snapshot")));
+        for (stage, kind) in kinds {
+            let _ = shared
+                .metrics
+                .errors
+                .get_or_create(&ErrorLabels { stage, kind });
+        }
         let mut runtimes = Vec::new();
         for w in &cfg.workloads {
             let mut preset = ModelPreset::load(&w.model)?;

@@ -83,6 +83,21 @@ pub enum CollectError {
 }
 
 impl CollectError {
+    /// Every value `kind()` can return.
+    pub const KINDS: [&'static str; 11] = [
+        "timeout",
+        "connect",
+        "http_5xx",
+        "http_4xx",
+        "bad_response",
+        "too_large",
+        "empty",
+        "multi_series",
+        "invalid_sample",
+        "stale",
+        "partial",
+    ];
+
     /// Bounded label for metrics (`prescale_errors_total{stage="collector",kind=...}`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -115,4 +130,38 @@ pub trait MetricSource: Send + Sync {
     /// # Errors
     /// [`CollectError`]; an empty, NaN, stale or multi-series answer is an error.
     async fn fetch(&self, query: &str, window: TimeWindow) -> Result<Vec<Sample>, CollectError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let all = [
+            CollectError::Timeout,
+            CollectError::Connect(String::new()),
+            CollectError::Http {
+                status: 503,
+                message: String::new(),
+            },
+            CollectError::Http {
+                status: 400,
+                message: String::new(),
+            },
+            CollectError::BadResponse(String::new()),
+            CollectError::TooLarge { limit: 1 },
+            CollectError::Empty,
+            CollectError::MultiSeries(2),
+            CollectError::InvalidSample {
+                value: f64::NAN,
+                at: 0,
+            },
+            CollectError::Stale { newest: 0, end: 1 },
+            CollectError::Partial(String::new()),
+        ];
+        let kinds: Vec<&str> = all.iter().map(CollectError::kind).collect();
+        assert_eq!(kinds, CollectError::KINDS.to_vec());
+        assert!(all[0].is_retryable() && all[2].is_retryable() && !all[3].is_retryable());
+    }
 }

@@ -92,6 +92,10 @@ pub enum ForecastError {
 }
 
 impl ForecastError {
+    /// Every value `kind()` can return.
+    pub const KINDS: [&'static str; 4] =
+        ["not_enough_data", "invalid_sample", "out_of_order", "model"];
+
     /// Bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
