@@ -147,6 +147,8 @@ struct Runtime {
     engine: Engine,
     policy: PredictivePolicy,
     lead_steps: usize,
+    /// Steps at the end of a backfill replayed through the online backtest.
+    replay_steps: usize,
     last_sample: Option<Timestamp>,
     current: Option<u32>,
     view: WorkloadView,
@@ -230,6 +232,8 @@ impl Service {
             if let Some(q) = w.quantile {
                 preset.quantile = q;
             }
+            // Keep no more history than the loop backfills.
+            preset.history = preset.history.min(cfg.loop_.history);
             let mut pc = PolicyConfig::new(
                 w.capacity_per_replica,
                 w.min_replicas,
@@ -263,11 +267,13 @@ impl Service {
                 engine: {
                     let mut e = Engine::new(preset, step, lead_steps);
                     e.set_evaluating(true);
+                    e.set_refit_phase(spread(&w.key()));
                     e
                 },
                 policy: PredictivePolicy::new(pc)
                     .with_context(|| format!("workload {}", w.key()))?,
                 lead_steps,
+                replay_steps: (2 * 86_400 / step.max(1)) as usize,
                 last_sample: None,
                 current: None,
                 view,
@@ -448,9 +454,10 @@ impl Runtime {
                     if let Err(e) = self.engine.observe(s.at, s.value) {
                         count(metrics, "forecast", e.kind());
                     }
-                    // Backfilled history is replayed step by step, so the online backtest
-                    // and the calibration are warm when the first live forecast is made.
-                    if i + 1 < n {
+                    // The tail of a backfill is replayed step by step, so the online backtest
+                    // and the calibration are warm when the first live forecast is made
+                    // (older history only feeds the fits).
+                    if i + 1 < n && n - i <= self.replay_steps {
                         let _ = self.engine.forecast(self.lead_steps);
                     }
                     self.last_sample = Some(s.at);
@@ -582,6 +589,14 @@ impl Runtime {
     fn engine_step(&self) -> u64 {
         self.engine.step()
     }
+}
+
+/// A stable number in `[0, 1)` from a workload key (FNV-1a), to spread per-workload work.
+fn spread(key: &str) -> f64 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn count(metrics: &Metrics, stage: &'static str, kind: &'static str) {

@@ -125,3 +125,79 @@ pub struct Decision {
     /// Why.
     pub reason: Reason,
 }
+
+/// Sums over a sliding window of the latest `window` pushes, kept in a bounded number of
+/// buckets so memory does not grow with the window (the window is exact to one bucket).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingSums<const N: usize> {
+    buckets: std::collections::VecDeque<([f64; N], u32)>,
+    per_bucket: u32,
+    max_buckets: usize,
+    totals: [f64; N],
+    count: usize,
+}
+
+impl<const N: usize> SlidingSums<N> {
+    /// Buckets used at most.
+    const BUCKETS: usize = 64;
+
+    /// Sums over about the latest `window` pushes.
+    pub fn new(window: usize) -> Self {
+        let per_bucket = window.div_ceil(Self::BUCKETS).max(1);
+        Self {
+            buckets: std::collections::VecDeque::new(),
+            per_bucket: u32::try_from(per_bucket).unwrap_or(u32::MAX),
+            max_buckets: window.div_ceil(per_bucket).max(1),
+            totals: [0.0; N],
+            count: 0,
+        }
+    }
+
+    /// Adds one observation of `N` values.
+    pub fn push(&mut self, v: [f64; N]) {
+        match self.buckets.back_mut() {
+            Some((sums, n)) if *n < self.per_bucket => {
+                sums.iter_mut().zip(v).for_each(|(s, x)| *s += x);
+                *n += 1;
+            }
+            _ => self.buckets.push_back((v, 1)),
+        }
+        self.totals.iter_mut().zip(v).for_each(|(t, x)| *t += x);
+        self.count += 1;
+        if self.buckets.len() > self.max_buckets
+            && let Some((old, n)) = self.buckets.pop_front()
+        {
+            self.totals.iter_mut().zip(old).for_each(|(t, o)| *t -= o);
+            self.count -= n as usize;
+        }
+    }
+
+    /// Sums of the window.
+    pub fn totals(&self) -> [f64; N] {
+        self.totals
+    }
+
+    /// Observations in the window.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_sums_forget_old_buckets_and_stay_small() {
+        let mut s = SlidingSums::<2>::new(640);
+        for i in 0..10_000 {
+            s.push([1.0, i as f64]);
+        }
+        // 64 buckets of 10: the window holds 640 observations.
+        assert_eq!(s.count(), 640);
+        assert_eq!(s.totals()[0], 640.0);
+        let expected: f64 = (9360..10_000).map(|i| i as f64).sum();
+        assert!((s.totals()[1] - expected).abs() < 1e-6);
+        assert!(s.buckets.len() <= 64);
+    }
+}

@@ -25,6 +25,7 @@ pub mod collector;
 pub mod config;
 pub mod domain;
 pub mod forecast;
+pub mod loadtest;
 pub mod metrics;
 pub mod policy;
 pub mod sim;

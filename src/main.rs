@@ -51,6 +51,25 @@ enum Command {
     /// Forecast benchmark: prescale's models at fixed origins of every suite trace (the
     /// protocol of bench/statsforecast_peer.py), written as JSON.
     BenchForecast(BenchForecastArgs),
+    /// Loop benchmark: the service loop with N synthetic workloads (no network), printing
+    /// warm-up and steady loop times and resident memory per workload as JSON.
+    BenchLoop {
+        /// Workloads.
+        #[arg(long, default_value_t = 1000)]
+        workloads: usize,
+        /// History per workload.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        history: u64,
+        /// Sampling step and loop interval.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        step: u64,
+        /// Steady loops after the warm-up loop.
+        #[arg(long, default_value_t = 5)]
+        loops: usize,
+        /// Workloads processed at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -156,6 +175,13 @@ fn main() -> std::process::ExitCode {
         Command::BenchForecast(args) => bench_forecast(&args),
         Command::CheckConfig { file } => return check_config(&file),
         Command::Serve(args) => serve(&args),
+        Command::BenchLoop {
+            workloads,
+            history,
+            step,
+            loops,
+            concurrency,
+        } => bench_loop(workloads, history, step, loops, concurrency),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -303,6 +329,31 @@ async fn wait_for_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+fn bench_loop(
+    workloads: usize,
+    history: u64,
+    step: u64,
+    loops: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let r = runtime.block_on(prescale::loadtest::run(
+        workloads,
+        Duration::from_secs(history),
+        step,
+        loops,
+        concurrency,
+    ))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&r)?
+    )?;
+    Ok(())
 }
 
 fn bench_forecast(args: &BenchForecastArgs) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::domain::{BAND_LEVELS, Band, Forecast, Timestamp};
+use crate::domain::{BAND_LEVELS, Band, Forecast, SlidingSums, Timestamp};
 
 use super::preset::ResidualScale;
 use super::{
@@ -23,8 +23,8 @@ const CONFIDENCE_SLACK: f64 = 0.2;
 /// A fixed-size window of values with O(1) quantiles (kept sorted beside the FIFO).
 #[derive(Debug, Clone)]
 struct RollingQuantile {
-    fifo: VecDeque<f64>,
-    sorted: Vec<f64>,
+    fifo: VecDeque<f32>,
+    sorted: Vec<f32>,
     cap: usize,
 }
 
@@ -38,6 +38,8 @@ impl RollingQuantile {
     }
 
     fn push(&mut self, v: f64) {
+        // Residuals are kept in f32: half the memory, far more precision than calibration needs.
+        let v = v as f32;
         if self.fifo.len() == self.cap
             && let Some(old) = self.fifo.pop_front()
         {
@@ -62,7 +64,7 @@ impl RollingQuantile {
             return None;
         }
         let idx = ((n as f64 + 1.0) * q).ceil() as usize;
-        self.sorted.get(idx.clamp(1, n) - 1).copied()
+        self.sorted.get(idx.clamp(1, n) - 1).map(|&r| f64::from(r))
     }
 }
 
@@ -97,8 +99,8 @@ struct Candidate {
     pending: VecDeque<Pending>,
     /// Normalised residuals per step ahead (index 0 = one step).
     resid: Vec<RollingQuantile>,
-    losses: VecDeque<f64>,
-    loss_sum: f64,
+    /// Asymmetric losses over the selection window.
+    losses: SlidingSums<1>,
     stats: CandidateStats,
 }
 
@@ -158,6 +160,9 @@ pub struct Engine {
     evaluating: bool,
     refits: usize,
     fit_failures: usize,
+    /// When set, refits happen when the grid crosses `k * refit_steps - phase`, so that many
+    /// workloads started together do not all refit in the same loop.
+    refit_phase: Option<usize>,
 }
 
 impl Engine {
@@ -170,7 +175,8 @@ impl Engine {
         let history_len = steps(preset.history).max(4 * lead + 16);
         let refit_steps = steps(preset.refit_every).max(1);
         let sel_window = steps(preset.selection_window).clamp(50, 5000) * lead;
-        let cal_window = steps(preset.calibration_window).clamp(200, 5000);
+        // Enough residuals to pin a 0.995 quantile, few enough to keep a workload small.
+        let cal_window = steps(preset.calibration_window).clamp(200, 1000);
         let mut kinds = vec![ModelKind::Persistence];
         kinds.extend(
             preset
@@ -193,8 +199,7 @@ impl Engine {
                 resid: (0..lead)
                     .map(|_| RollingQuantile::new(cal_window))
                     .collect(),
-                losses: VecDeque::new(),
-                loss_sum: 0.0,
+                losses: SlidingSums::new(sel_window),
                 stats: CandidateStats {
                     model: kind.as_str(),
                     ..CandidateStats::default()
@@ -235,6 +240,7 @@ impl Engine {
             evaluating: false,
             refits: 0,
             fit_failures: 0,
+            refit_phase: None,
         }
     }
 
@@ -249,6 +255,20 @@ impl Engine {
         let mut v: Vec<CandidateStats> = self.cands.iter().map(|c| c.stats.clone()).collect();
         v.push(self.published_stats.clone());
         v
+    }
+
+    /// Spreads this workload's scheduled refits: `phase` in `[0, 1)` of the refit interval.
+    pub fn set_refit_phase(&mut self, phase: f64) {
+        self.refit_phase = Some((phase.clamp(0.0, 1.0) * self.refit_steps as f64) as usize);
+    }
+
+    fn refit_due(&self, end: usize) -> bool {
+        let r = self.refit_steps;
+        match (self.last_fit_end, self.refit_phase) {
+            (None, _) => true,
+            (Some(f), None) => end >= f + r,
+            (Some(f), Some(p)) => (end + p) / r > (f + p) / r,
+        }
     }
 
     /// Seconds between grid steps.
@@ -375,18 +395,12 @@ impl Engine {
                 let e = y - p.point[j];
                 c.resid[j].push(e / p.scale[j]);
                 let loss = if e > 0.0 { under * e } else { -e } / p.scale[j];
-                c.losses.push_back(loss);
-                c.loss_sum += loss;
+                c.losses.push([loss]);
                 if j == lead - 1 && evaluating {
                     c.stats.count += 1;
                     c.stats.abs_error_sum += e.abs();
                     c.stats.pinball_sum += pinball(y, p.upper_lead, q);
                     c.stats.covered += usize::from(y <= p.upper_lead);
-                }
-            }
-            while c.losses.len() > self.sel_window {
-                if let Some(l) = c.losses.pop_front() {
-                    c.loss_sum -= l;
                 }
             }
             while c
@@ -468,34 +482,27 @@ impl Engine {
         self.last_fit_end = Some(self.start + n);
     }
 
-    fn mean_loss(&self, c: usize, n: usize) -> Option<f64> {
-        let cand = &self.cands[c];
-        if cand.losses.len() < n || n == 0 {
-            return None;
+    fn mean_loss(&self, c: usize) -> f64 {
+        let l = &self.cands[c].losses;
+        if l.count() == 0 {
+            f64::INFINITY
+        } else {
+            l.totals()[0] / l.count() as f64
         }
-        let s: f64 = cand.losses.iter().rev().take(n).sum();
-        Some(s / n as f64)
     }
 
     fn select(&mut self) {
-        // Compare over the window all eligible candidates share.
         let need = (self.sel_window / 4).max(self.lead * 20);
         let eligible: Vec<usize> = (1..self.cands.len())
-            .filter(|&c| self.cands[c].fitted.is_some() && self.cands[c].losses.len() >= need)
+            .filter(|&c| self.cands[c].fitted.is_some() && self.cands[c].losses.count() >= need)
             .collect();
-        let Some(n) = eligible
-            .iter()
-            .map(|&c| self.cands[c].losses.len())
-            .chain(std::iter::once(self.cands[0].losses.len()))
-            .min()
-        else {
+        if eligible.is_empty() {
             self.selected = 0;
             self.demoted = false;
             return;
-        };
-        let n = n.min(self.sel_window);
-        let loss = |c: usize| self.mean_loss(c, n).unwrap_or(f64::INFINITY);
-        let mut best = eligible.first().copied().unwrap_or(0);
+        }
+        let loss = |c: usize| self.mean_loss(c);
+        let mut best = eligible[0];
         for &c in &eligible {
             if loss(c) < loss(best) {
                 best = c;
@@ -506,11 +513,6 @@ impl Engine {
             if loss(best) > loss(self.selected) * (1.0 - SWITCH_MARGIN) {
                 best = self.selected;
             }
-        }
-        if best == 0 || eligible.is_empty() {
-            self.selected = 0;
-            self.demoted = false;
-            return;
         }
         // Forecast health: worse than reacting would be means demotion to persistence.
         self.demoted = loss(best) > loss(0);
@@ -529,10 +531,7 @@ impl Engine {
             return Err(ForecastError::NotEnoughData { need, have: n });
         }
         let end = self.start + n;
-        if self
-            .last_fit_end
-            .is_none_or(|f| end >= f + self.refit_steps)
-        {
+        if self.refit_due(end) {
             self.refit();
         }
         let lead = self.lead;

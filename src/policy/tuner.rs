@@ -1,9 +1,7 @@
 //! The `hpa_parity` headroom rule: shadow replays of the policy at every headroom rung and of
 //! the HPA, on the workload's own demand, to pick the cheapest rung at least as reliable.
 
-use std::collections::VecDeque;
-
-use crate::domain::BAND_LEVELS;
+use crate::domain::{BAND_LEVELS, SlidingSums};
 
 use super::hpa::{HpaConfig, HpaPolicy};
 use super::pods::{Pods, unserved};
@@ -46,20 +44,24 @@ enum ShadowPolicy {
 struct Shadow {
     policy: ShadowPolicy,
     pods: Option<Pods>,
-    /// (unserved demand, replicas) per scored decision.
-    window: VecDeque<(f64, u32)>,
-    unserved: f64,
-    replicas: f64,
+    /// (unserved demand, replicas) summed over the recent decisions.
+    window: SlidingSums<2>,
 }
 
 impl Shadow {
-    fn new(policy: ShadowPolicy) -> Self {
+    fn unserved(&self) -> f64 {
+        self.window.totals()[0]
+    }
+
+    fn replicas(&self) -> f64 {
+        self.window.totals()[1]
+    }
+
+    fn new(policy: ShadowPolicy, cap: usize) -> Self {
         Self {
             policy,
             pods: None,
-            window: VecDeque::new(),
-            unserved: 0.0,
-            replicas: 0.0,
+            window: SlidingSums::new(cap),
         }
     }
 }
@@ -83,13 +85,14 @@ impl Tuner {
             ..cfg.clone()
         };
         let rungs = rungs();
+        let cap = ((cfg.tuning_window_seconds / cfg.period_seconds.max(1)) as usize).max(MIN_ROWS);
         let shadows = rungs
             .iter()
             .map(|&r| {
-                Shadow::new(ShadowPolicy::Predictive(PredictivePolicy::with_rung(
-                    fixed.clone(),
-                    r,
-                )))
+                Shadow::new(
+                    ShadowPolicy::Predictive(PredictivePolicy::with_rung(fixed.clone(), r)),
+                    cap,
+                )
             })
             .collect();
         let hpa = HpaPolicy::new(
@@ -102,8 +105,8 @@ impl Tuner {
         Self {
             rungs,
             shadows,
-            hpa: Shadow::new(ShadowPolicy::Hpa(hpa)),
-            cap: ((cfg.tuning_window_seconds / cfg.period_seconds.max(1)) as usize).max(MIN_ROWS),
+            hpa: Shadow::new(ShadowPolicy::Hpa(hpa), cap),
+            cap,
             capacity: cfg.capacity,
             period: cfg.period_seconds,
             startup: cfg.startup_seconds,
@@ -116,12 +119,8 @@ impl Tuner {
         let Some(demand) = obs.demand else {
             return;
         };
-        let (capacity, cap, effective, startup) = (
-            self.capacity,
-            self.cap,
-            obs.now + self.period as i64,
-            self.startup,
-        );
+        let (capacity, effective, startup) =
+            (self.capacity, obs.now + self.period as i64, self.startup);
         for s in self
             .shadows
             .iter_mut()
@@ -132,15 +131,7 @@ impl Tuner {
                 .get_or_insert_with(|| Pods::ready(obs.current_replicas));
             let (ready, total) = (pods.ready_at(obs.now), pods.total());
             let u = unserved(demand, ready, capacity);
-            s.window.push_back((u, total));
-            s.unserved += u;
-            s.replicas += f64::from(total);
-            while s.window.len() > cap {
-                if let Some((ou, or)) = s.window.pop_front() {
-                    s.unserved -= ou;
-                    s.replicas -= f64::from(or);
-                }
-            }
+            s.window.push([u, f64::from(total)]);
             let view = Observation {
                 current_replicas: total,
                 ready_replicas: ready,
@@ -160,15 +151,15 @@ impl Tuner {
     /// none was affordable, the cheapest. `None` (the calibrated quantile) until enough
     /// decisions were scored.
     pub(super) fn choose(&self) -> Option<Rung> {
-        if self.hpa.window.len() < MIN_ROWS.min(self.cap) {
+        if self.hpa.window.count() < MIN_ROWS.min(self.cap) {
             return None;
         }
-        let (hu, hr) = (self.hpa.unserved, self.hpa.replicas);
+        let [hu, hr] = self.hpa.window.totals();
         let affordable: Vec<usize> = (0..self.shadows.len())
-            .filter(|&i| self.shadows[i].replicas <= COST_SHARE * hr)
+            .filter(|&i| self.shadows[i].replicas() <= COST_SHARE * hr)
             .collect();
         let reliable = |i: &usize| {
-            let u = self.shadows[*i].unserved;
+            let u = self.shadows[*i].unserved();
             if hu <= 0.0 {
                 u <= 0.0
             } else {
@@ -182,9 +173,9 @@ impl Tuner {
             .iter()
             .copied()
             .filter(reliable)
-            .min_by(by(|s| s.replicas))
-            .or_else(|| affordable.iter().copied().min_by(by(|s| s.unserved)))
-            .or_else(|| (0..self.shadows.len()).min_by(by(|s| s.replicas)))?;
+            .min_by(by(Shadow::replicas))
+            .or_else(|| affordable.iter().copied().min_by(by(Shadow::unserved)))
+            .or_else(|| (0..self.shadows.len()).min_by(by(Shadow::replicas)))?;
         self.rungs.get(pick).copied()
     }
 }
@@ -256,10 +247,10 @@ mod tests {
         assert_eq!(tuner.choose(), Some(Rung::Band(6)));
         let hpa = &tuner.hpa;
         let chosen = &tuner.shadows[6];
-        assert_eq!(hpa.unserved, 0.0);
-        assert_eq!(chosen.unserved, 0.0);
-        assert!(chosen.replicas < hpa.replicas);
-        assert!(tuner.shadows[5].unserved > 0.0);
+        assert_eq!(hpa.unserved(), 0.0);
+        assert_eq!(chosen.unserved(), 0.0);
+        assert!(chosen.replicas() < hpa.replicas());
+        assert!(tuner.shadows[5].unserved() > 0.0);
         // The real policy provisions for it too, and says so.
         let f = forecast(600 * 300);
         let d = policy.recommend(&Observation {
