@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prescale::app::{Service, Timeline};
 use prescale::collector::{MetricSource, PrometheusSource, TraceSource};
-use prescale::config::Config;
+use prescale::config::{Config, LogFormat};
 use prescale::forecast::ModelPreset;
 use prescale::policy::Headroom;
 use prescale::sim::{self, PolicyName, ReplayConfig, Trace};
@@ -168,7 +168,18 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let json_logs = std::env::var("PRESCALE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // `serve` with a config file takes its log format from the config (after environment
+    // overrides); everything else from PRESCALE_LOG_FORMAT.
+    let configured = match &cli.command {
+        Command::Serve(ServeArgs {
+            config: Some(path), ..
+        }) => Config::load(path, &env_var).ok().map(|c| c.log_format),
+        _ => None,
+    };
+    let json_logs = match configured {
+        Some(f) => f == LogFormat::Json,
+        None => std::env::var("PRESCALE_LOG_FORMAT").is_ok_and(|v| v == "json"),
+    };
     init_logs(&cli.log, json_logs);
     let result = match cli.command {
         Command::Replay(args) => replay(args),

@@ -25,6 +25,14 @@ enum Answer {
         step: i64,
         value: f64,
     },
+    /// Like `Series`, but the query `slow_query` never answers in time.
+    Route {
+        slow_query: String,
+        start: i64,
+        end: i64,
+        step: i64,
+        value: f64,
+    },
 }
 
 /// Requests the fake received: (start, end, step) as sent.
@@ -41,12 +49,23 @@ async fn fake_logged(answer: Arc<Mutex<Answer>>, log: Log) -> SocketAddr {
             let answer = answer.lock().unwrap().clone();
             let num = |k: &str| p.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
             let (q_start, q_end, q_step) = (num("start"), num("end"), num("step"));
+            let answer = match answer {
+                Answer::Route { slow_query, start, end, step, value } => {
+                    if p.get("query") == Some(&slow_query) {
+                        Answer::Slow(Duration::from_secs(30))
+                    } else {
+                        Answer::Series { start, end, step, value }
+                    }
+                }
+                other => other,
+            };
             log.lock().unwrap().push((q_start, q_end, q_step));
             async move {
                 match answer {
                     Answer::Body(status, ctype, body) => {
                         (status, [(axum::http::header::CONTENT_TYPE, ctype)], body).into_response()
                     }
+                    Answer::Route { .. } => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                     Answer::Slow(d) => {
                         tokio::time::sleep(d).await;
                         (StatusCode::OK, "late").into_response()
@@ -312,4 +331,41 @@ async fn faults_hold_replicas_and_show_in_the_workload_state() {
         let line = format!("prescale_errors_total{{stage=\"collector\",kind=\"{kind}\"}}");
         assert!(metrics.contains(&line), "{kind} not counted");
     }
+}
+
+#[tokio::test]
+async fn a_black_holed_workload_does_not_stall_the_others() {
+    // One service, two workloads on one Prometheus: the `slow` query never answers in time.
+    let now = 1_800_000_000_i64;
+    let answer = Arc::new(Mutex::new(Answer::Route {
+        slow_query: "slow".into(),
+        start: now - 86_400,
+        end: now,
+        step: 60,
+        value: 100.0,
+    }));
+    let addr = fake(answer).await;
+    let yaml = format!(
+        "prometheus:\n  url: http://{addr}\n  timeout: 500ms\n  retries: 1\nloop:\n  interval: 60s\n  history: 1d\n  concurrency: 2\n\
+         data_dir: {dir}\nworkloads:\n\
+         - {{namespace: shop, name: batch, demand_query: 'slow', capacity_per_replica: 10, max_replicas: 100}}\n\
+         - {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
+        dir = tempfile::tempdir().unwrap().keep().display()
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(PrometheusSource::new(&cfg.prometheus).unwrap());
+    let service = Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap();
+    let clock = std::time::Instant::now();
+    service.run_once(now).await;
+    // Two attempts of 500 ms plus a 100 ms backoff bound the stuck workload.
+    assert!(
+        clock.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        clock.elapsed()
+    );
+    let views = service.shared().views.read().unwrap().clone();
+    assert_eq!(views["shop/batch"].state, WorkloadState::Degraded);
+    assert_eq!(views["shop/batch"].reason.as_deref(), Some("timeout"));
+    assert_ne!(views["shop/web"].state, WorkloadState::Degraded);
+    assert!(views["shop/web"].desired_replicas.unwrap() >= 10);
 }
