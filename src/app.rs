@@ -173,7 +173,11 @@ pub struct Service {
     timeline: Timeline,
     step: u64,
     tick: Duration,
+    last_snapshot: Mutex<Option<std::time::Instant>>,
 }
+
+/// Least time between two snapshots while running.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 const MODELS: [ModelKind; 5] = [
     ModelKind::Persistence,
@@ -288,6 +292,7 @@ impl Service {
             timeline,
             step,
             tick,
+            last_snapshot: Mutex::new(None),
         })
     }
 
@@ -400,17 +405,7 @@ impl Service {
             .collect::<Vec<()>>()
             .await;
         self.publish_views();
-        if let Err(e) = self.write_snapshot() {
-            tracing::warn!(error = %e, "Snapshot failed");
-            self.shared
-                .metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    stage: "store",
-                    kind: "snapshot",
-                })
-                .inc();
-        }
+        self.snapshot(false);
         self.shared
             .metrics
             .loop_duration
@@ -420,7 +415,27 @@ impl Service {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Runs the loop until `shutdown` is cancelled.
+    /// Writes the snapshot when the last one is older than [`SNAPSHOT_EVERY`] (or always,
+    /// with `force`, at shutdown): with thousands of workloads a snapshot is tens of MB.
+    fn snapshot(&self, force: bool) {
+        let Ok(mut last) = self.last_snapshot.lock() else {
+            return;
+        };
+        if !force && last.is_some_and(|t| t.elapsed() < SNAPSHOT_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        if let Err(e) = self.write_snapshot() {
+            tracing::warn!(error = %e, "Snapshot failed");
+            let labels = ErrorLabels {
+                stage: "store",
+                kind: "snapshot",
+            };
+            self.shared.metrics.errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Runs the loop until `shutdown` is cancelled, then writes a last snapshot.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -433,6 +448,7 @@ impl Service {
                 }
             }
         }
+        self.snapshot(true);
     }
 }
 
