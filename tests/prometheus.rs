@@ -15,6 +15,9 @@ use prescale::app::{Service, Timeline, WorkloadState};
 use prescale::collector::{MetricSource, PrometheusSource, TimeWindow};
 use prescale::config::Config;
 
+mod common;
+use common::{free_port, http_get};
+
 const STEP: i64 = 60;
 
 struct Prometheus {
@@ -28,14 +31,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The demand the test loads: a daily cycle with a little structure, per minute.
@@ -106,13 +101,8 @@ fn start(first: i64, last: i64) -> Prometheus {
         _dir: dir,
     };
     for _ in 0..200 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n");
-            let mut buf = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut buf);
-            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
-                return prom;
-            }
+        if http_get(port, "/-/ready").is_some_and(|(status, _)| status == 200) {
+            return prom;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
