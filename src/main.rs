@@ -170,22 +170,26 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `serve` with a config file takes its log format from the config (after environment
     // overrides); everything else from PRESCALE_LOG_FORMAT.
-    let configured = match &cli.command {
+    // The config is read once, here; `serve` receives it.
+    let loaded = match &cli.command {
         Command::Serve(ServeArgs {
             config: Some(path), ..
-        }) => Config::load(path, &env_var).ok().map(|c| c.log_format),
+        }) => Some(Config::load(path, &env_var)),
         _ => None,
     };
-    let json_logs = match configured {
-        Some(f) => f == LogFormat::Json,
-        None => std::env::var("PRESCALE_LOG_FORMAT").is_ok_and(|v| v == "json"),
+    let json_logs = match &loaded {
+        Some(Ok(c)) => c.log_format == LogFormat::Json,
+        _ => std::env::var("PRESCALE_LOG_FORMAT").is_ok_and(|v| v == "json"),
     };
     init_logs(&cli.log, json_logs);
     let result = match cli.command {
         Command::Replay(args) => replay(args),
         Command::BenchForecast(args) => bench_forecast(&args),
         Command::CheckConfig { file } => return check_config(&file),
-        Command::Serve(args) => serve(&args),
+        Command::Serve(args) => match loaded.transpose() {
+            Ok(cfg) => serve(&args, cfg),
+            Err(e) => Err(e.into()),
+        },
         Command::BenchLoop {
             workloads,
             history,
@@ -259,15 +263,15 @@ fn demo_config(trace: &Trace) -> anyhow::Result<Config> {
     )?)
 }
 
-fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+/// Runs the service on `cfg` (already loaded from `--config`), or the demo without one.
+fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let (cfg, source, timeline, step, tick): (Config, Arc<dyn MetricSource>, Timeline, u64, Duration) =
-            match &args.config {
-                Some(path) => {
-                    let cfg = Config::load(path, &env_var)?;
+            match cfg {
+                Some(cfg) => {
                     let source = Arc::new(PrometheusSource::new(&cfg.prometheus)?);
                     let step = cfg.loop_.interval.as_secs();
                     let tick = cfg.loop_.interval;
