@@ -46,6 +46,14 @@ fn the_demo_serves_forecasts_and_stops_cleanly_on_sigterm() {
     );
     assert_eq!(get(port, "/api/v1/workloads/demo/nope").unwrap().0, 404);
 
+    // Let a few more loops run: they are not snapshotted yet (at most every 30 s)...
+    let last_sample = |text: &str| -> i64 {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["demo/web"]["last_sample_at"].as_i64().unwrap()
+    };
+    let first = last_sample(&std::fs::read_to_string(data.path().join("snapshot.json")).unwrap());
+    std::thread::sleep(Duration::from_millis(2500));
+
     // SIGTERM: drains and exits 0; the snapshot survives for the next start.
     let pid = child.id().to_string();
     assert!(
@@ -65,18 +73,23 @@ fn the_demo_serves_forecasts_and_stops_cleanly_on_sigterm() {
     }
     let status = status.expect("no exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
+    // ...so a newer snapshot means shutdown wrote one.
     let snapshot = std::fs::read_to_string(data.path().join("snapshot.json")).unwrap();
-    assert!(snapshot.contains("demo/web"));
+    assert!(last_sample(&snapshot) > first, "no snapshot at shutdown");
+}
+
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn the_example_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prescale.yaml");
-    let o = Command::new(env!("CARGO_BIN_EXE_prescale"))
-        .args(["check-config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let o = check_config(&path);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -86,19 +99,11 @@ fn check_config_exits_64_naming_the_field() {
     let good = "prometheus:\n  url: http://127.0.0.1:9090\nworkloads:\n- {namespace: shop, name: web, demand_query: 'up', capacity_per_replica: 5, max_replicas: 3}\n";
     let path = dir.path().join("good.yaml");
     std::fs::write(&path, good).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_prescale"))
-        .args(["check-config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let o = check_config(&path);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bad = good.replace("max_replicas: 3", "max_replicas: 3, min_replicas: 9");
     std::fs::write(&path, bad).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_prescale"))
-        .args(["check-config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let o = check_config(&path);
     assert_eq!(o.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&o.stderr).contains("workloads[0].min_replicas"));
 }
