@@ -12,13 +12,14 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::actuator::{ActuateError, Actuator, Applied, Board, Limits, Publication, Target};
 use crate::collector::{CollectError, MetricSource, Sample, TimeWindow};
-use crate::config::{Config, Mode, WorkloadConfig};
+use crate::config::{ActuatorKind, Config, Mode, WorkloadConfig};
 use crate::domain::{Decision, Forecast, Term, Timestamp};
 use crate::forecast::{Engine, ForecastError, ModelKind, ModelPreset};
 use crate::metrics::{
-    ErrorLabels, ForecastLabels, HORIZONS, Metrics, ModelLabels, StateLabels, TermLabels,
-    WorkloadLabels,
+    ActuationLabels, ErrorLabels, ForecastLabels, HORIZONS, Metrics, ModelLabels, StateLabels,
+    TermLabels, WorkloadLabels,
 };
 use crate::policy::{Observation, PolicyConfig, PredictivePolicy, ScalingPolicy};
 
@@ -83,6 +84,12 @@ pub struct WorkloadView {
     pub model: Option<String>,
     /// The latest forecast (points after the latest sample).
     pub forecast: Option<ForecastView>,
+    /// How recommendations reach the cluster.
+    #[serde(default)]
+    pub actuator: ActuatorKind,
+    /// The last `/scale` actuator failure, if the last attempt failed.
+    #[serde(default)]
+    pub actuator_error: Option<String>,
 }
 
 /// A forecast as the API and the snapshot carry it.
@@ -152,6 +159,9 @@ struct Runtime {
     last_sample: Option<Timestamp>,
     current: Option<u32>,
     view: WorkloadView,
+    publication: Publication,
+    /// No `/scale` attempt before this (after 403, 404, 429, or another autoscaler).
+    next_attempt: Option<std::time::Instant>,
 }
 
 /// State shared by the loop and the HTTP server.
@@ -162,6 +172,8 @@ pub struct Shared {
     pub views: RwLock<BTreeMap<String, WorkloadView>>,
     /// True once the first loop finished.
     pub ready: std::sync::atomic::AtomicBool,
+    /// What the KEDA endpoints serve.
+    pub board: Arc<Board>,
 }
 
 /// The service.
@@ -174,7 +186,12 @@ pub struct Service {
     step: u64,
     tick: Duration,
     last_snapshot: Mutex<Option<std::time::Instant>>,
+    actuator: Option<Arc<dyn Actuator>>,
 }
+
+/// How long a workload is left alone after the actuator was refused for a reason that a
+/// retry next loop would not fix (403, 404, another autoscaler, paused).
+const REFUSED_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Least time between two snapshots while running.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
@@ -209,10 +226,29 @@ impl Service {
         step: u64,
         tick: Duration,
     ) -> anyhow::Result<Self> {
+        Self::with_actuator(cfg, source, timeline, step, tick, None)
+    }
+
+    /// As [`Service::new`], with the `/scale` actuator used by `actuator: scale` workloads in
+    /// `auto` mode (without one, they are held and their state says why).
+    ///
+    /// # Errors
+    /// A model preset or policy setting that cannot be used.
+    pub fn with_actuator(
+        cfg: Config,
+        source: Arc<dyn MetricSource>,
+        timeline: Timeline,
+        step: u64,
+        tick: Duration,
+        actuator: Option<Arc<dyn Actuator>>,
+    ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             views: RwLock::new(BTreeMap::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
+            board: Arc::new(Board::new(
+                cfg.keda.stale_after(cfg.loop_.interval.max(tick)),
+            )),
         });
         shared
             .metrics
@@ -223,6 +259,7 @@ impl Service {
             .iter()
             .map(|k| ("collector", *k))
             .chain(ForecastError::KINDS.iter().map(|k| ("forecast", *k)))
+            .chain(ActuateError::KINDS.iter().map(|k| ("actuator", *k)))
             .chain(std::iter::once(("store", "snapshot")));
         for (stage, kind) in kinds {
             let _ = shared
@@ -261,6 +298,19 @@ impl Service {
                 term: None,
                 model: None,
                 forecast: None,
+                actuator: w.actuator,
+                actuator_error: None,
+            };
+            let publication = Publication {
+                mode: w.mode,
+                desired_replicas: w.min_replicas,
+                demand: None,
+                forecast_peak: None,
+                forecast_peak_at: None,
+                quantile: None,
+                sample_at: None,
+                unavailable: Some("no data yet".to_string()),
+                refreshed: None,
             };
             runtimes.push(Arc::new(Mutex::new(Runtime {
                 query: w.render_query(),
@@ -281,6 +331,8 @@ impl Service {
                 last_sample: None,
                 current: None,
                 view,
+                publication,
+                next_attempt: None,
                 cfg: w.clone(),
             })));
         }
@@ -293,6 +345,7 @@ impl Service {
             step,
             tick,
             last_snapshot: Mutex::new(None),
+            actuator,
         })
     }
 
@@ -335,14 +388,18 @@ impl Service {
     }
 
     fn publish_views(&self) {
-        let views: BTreeMap<String, WorkloadView> = self
-            .runtimes
-            .iter()
-            .filter_map(|rt| rt.lock().ok().map(|rt| (rt.cfg.key(), rt.view.clone())))
-            .collect();
+        let mut views = BTreeMap::new();
+        let mut board = std::collections::HashMap::new();
+        for rt in &self.runtimes {
+            if let Ok(rt) = rt.lock() {
+                views.insert(rt.cfg.key(), rt.view.clone());
+                board.insert(rt.cfg.key(), rt.publication.clone());
+            }
+        }
         if let Ok(mut v) = self.shared.views.write() {
             *v = views;
         }
+        self.shared.board.publish(board);
     }
 
     /// Writes the views to the data directory: a temporary file, fsync, then rename, so a
@@ -372,6 +429,7 @@ impl Service {
             .map(|rt| {
                 let source = self.source.clone();
                 let shared = self.shared.clone();
+                let actuator = self.actuator.clone();
                 let step = self.step;
                 async move {
                     let (query, last) = match rt.lock() {
@@ -391,12 +449,28 @@ impl Service {
                         r
                     };
                     // Fitting is CPU-bound: keep it off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Ok(mut r) = rt.lock() {
-                            r.process(fetched, now, &shared.metrics);
-                        }
+                    let rt2 = rt.clone();
+                    let metrics = shared.clone();
+                    let to_apply = tokio::task::spawn_blocking(move || {
+                        rt2.lock()
+                            .ok()
+                            .and_then(|mut r| r.process(fetched, now, &metrics.metrics))
                     })
-                    .await;
+                    .await
+                    .ok()
+                    .flatten();
+                    if let Some((target, desired, limits)) = to_apply {
+                        let outcome = match &actuator {
+                            Some(a) => a.apply(&target, desired, limits).await,
+                            None => Err(ActuateError::Rejected(
+                                "no Kubernetes client: the /scale actuator is not configured"
+                                    .to_string(),
+                            )),
+                        };
+                        if let Ok(mut r) = rt.lock() {
+                            r.record_apply(outcome, &shared.metrics);
+                        }
+                    }
                 }
             })
             .collect();
@@ -453,12 +527,19 @@ impl Service {
 }
 
 impl Runtime {
+    /// Whether prescale itself writes this workload's `/scale`.
+    fn scales_directly(&self) -> bool {
+        self.cfg.mode == Mode::Auto && self.cfg.actuator == ActuatorKind::Scale
+    }
+
+    /// Folds new samples in, forecasts, decides, and updates the view, the publication and
+    /// the metrics. Returns what the `/scale` actuator should apply, if anything.
     fn process(
         &mut self,
         fetched: Result<Vec<Sample>, CollectError>,
         now: Timestamp,
         metrics: &Metrics,
-    ) {
+    ) -> Option<(Target, u32, Limits)> {
         let w = self.labels.clone();
         let demand = match fetched {
             Ok(samples) => {
@@ -515,8 +596,35 @@ impl Runtime {
             ready_replicas: current,
             forecast: forecast.as_ref(),
         });
-        // Dry-run actuator: what was decided is taken as applied.
-        self.current = Some(decision.desired_replicas);
+        // Without the /scale actuator, what was decided is taken as applied (KEDA's HPA lands
+        // on it; observe mode is a dry run). With it, only what the API confirmed counts.
+        if !self.scales_directly() {
+            self.current = Some(decision.desired_replicas);
+        }
+        self.publication = Publication {
+            mode: self.cfg.mode,
+            desired_replicas: decision.desired_replicas,
+            demand,
+            forecast_peak: forecast.as_ref().map(|_| decision.reason.forecast_peak),
+            forecast_peak_at: decision.reason.forecast_peak_at,
+            quantile: forecast.as_ref().map(|f| f.quantile),
+            sample_at: self.last_sample,
+            unavailable: if demand.is_some() {
+                None
+            } else {
+                Some(
+                    self.view
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "no data".to_string()),
+                )
+            },
+            refreshed: if demand.is_some() {
+                Some(std::time::Instant::now())
+            } else {
+                self.publication.refreshed
+            },
+        };
         if demand.is_some() {
             self.view.state = match &forecast {
                 None => WorkloadState::WarmingUp,
@@ -541,10 +649,9 @@ impl Runtime {
             .desired
             .get_or_create(&w)
             .set(i64::from(decision.desired_replicas));
-        metrics
-            .current
-            .get_or_create(&w)
-            .set(i64::from(decision.desired_replicas));
+        if let Some(c) = self.current {
+            metrics.current.get_or_create(&w).set(i64::from(c));
+        }
         let terms: Vec<&str> = TERMS.iter().map(|t| t.as_str()).collect();
         Metrics::one_hot(&metrics.term, &terms, decision.reason.term.as_str(), |v| {
             TermLabels {
@@ -600,6 +707,75 @@ impl Runtime {
                 }
             }
         }
+
+        // Missing data never moves a directly scaled workload: it is held as it is.
+        let due = self
+            .next_attempt
+            .is_none_or(|t| std::time::Instant::now() >= t);
+        if !(self.scales_directly() && demand.is_some() && due) {
+            return None;
+        }
+        let pc = self.policy.config();
+        Some((
+            Target {
+                namespace: self.cfg.namespace.clone(),
+                name: self.cfg.name.clone(),
+                kind: self.cfg.kind,
+            },
+            decision.desired_replicas,
+            Limits {
+                min_replicas: pc.min_replicas,
+                max_replicas: pc.max_replicas,
+                max_step_up: pc.max_step_up,
+                max_step_down: pc.max_step_down,
+            },
+        ))
+    }
+
+    /// Records what the `/scale` actuator did.
+    fn record_apply(&mut self, outcome: Result<Applied, ActuateError>, metrics: &Metrics) {
+        let result = match outcome {
+            Ok(a) => {
+                self.current = Some(a.replicas);
+                self.view.current_replicas = Some(a.replicas);
+                self.view.actuator_error = None;
+                self.next_attempt = None;
+                metrics
+                    .current
+                    .get_or_create(&self.labels)
+                    .set(i64::from(a.replicas));
+                if a.written {
+                    tracing::info!(workload = %self.cfg.key(), from = a.previous, to = a.replicas, "Scaled");
+                    "written"
+                } else {
+                    "unchanged"
+                }
+            }
+            Err(e) => {
+                tracing::warn!(workload = %self.cfg.key(), error = %e, "Not scaled");
+                count(metrics, "actuator", e.kind());
+                self.next_attempt = match &e {
+                    ActuateError::Throttled { retry_after } => {
+                        Some(std::time::Instant::now() + *retry_after)
+                    }
+                    ActuateError::Forbidden(_)
+                    | ActuateError::TargetGone(_)
+                    | ActuateError::ManagedByHpa(_)
+                    | ActuateError::Paused(_) => Some(std::time::Instant::now() + REFUSED_BACKOFF),
+                    _ => None,
+                };
+                self.view.actuator_error = Some(format!("{}: {e}", e.kind()));
+                e.kind()
+            }
+        };
+        metrics
+            .actuations
+            .get_or_create(&ActuationLabels {
+                namespace: self.labels.namespace.clone(),
+                workload: self.labels.workload.clone(),
+                result,
+            })
+            .inc();
     }
 
     fn engine_step(&self) -> u64 {
@@ -644,4 +820,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The `/scale` actuator and, when a Lease is configured, its elector (which the caller
+/// runs). The client comes from `kubernetes.api_url`, else in-cluster or kubeconfig.
+///
+/// # Errors
+/// No usable Kubernetes configuration.
+pub async fn scale_actuator(
+    cfg: &crate::config::KubernetesConfig,
+) -> anyhow::Result<(
+    Arc<dyn Actuator>,
+    Option<Arc<crate::actuator::LeaseElector>>,
+)> {
+    use crate::actuator::{LeaseConfig, LeaseElector, ScaleActuator};
+    let mut kc = match &cfg.api_url {
+        Some(url) => kube::Config::new(url.parse().context("kubernetes.api_url")?),
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
+    };
+    kc.connect_timeout = Some(cfg.timeout);
+    kc.read_timeout = Some(cfg.timeout);
+    kc.write_timeout = Some(cfg.timeout);
+    let client = kube::Client::try_from(kc).context("building the Kubernetes client")?;
+    let leader = cfg.lease.as_ref().map(|l| {
+        let identity = cfg
+            .identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("prescale-{}", std::process::id()));
+        Arc::new(LeaseElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: l.namespace.clone(),
+                name: l.name.clone(),
+                identity,
+                duration: l.duration,
+            },
+        ))
+    });
+    let actuator = ScaleActuator::new(client, leader.clone(), cfg.timeout, cfg.retries);
+    Ok((Arc::new(actuator), leader))
 }

@@ -41,6 +41,12 @@ pub struct Config {
     /// Log format: `text` (human) or `json` (one object per line).
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The KEDA endpoints: the gRPC external scaler and the metrics-api JSON.
+    #[serde(default)]
+    pub keda: KedaConfig,
+    /// The Kubernetes API, used by workloads with `actuator: scale`.
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
     /// The workloads prescale forecasts and scales.
     pub workloads: Vec<WorkloadConfig>,
 }
@@ -112,6 +118,92 @@ pub struct ListenConfig {
     pub grpc: SocketAddr,
 }
 
+/// The KEDA endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KedaConfig {
+    /// A recommendation is served for this long after the loop last refreshed it; after
+    /// that the gRPC scaler answers `UNAVAILABLE` and metrics-api `503` (KEDA's `fallback`
+    /// then applies). Default: three loop intervals.
+    #[serde(default, with = "humantime_serde")]
+    pub stale_after: Option<Duration>,
+    /// Largest gRPC message accepted, bytes; larger ones get `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Most `scalerMetadata` entries accepted; more get `INVALID_ARGUMENT`.
+    #[serde(default = "default_max_metadata_entries")]
+    pub max_metadata_entries: usize,
+    /// Longest `scalerMetadata` key or value accepted, bytes; longer get `INVALID_ARGUMENT`.
+    #[serde(default = "default_max_metadata_value_bytes")]
+    pub max_metadata_value_bytes: usize,
+    /// TLS for the gRPC server; unset means plaintext.
+    #[serde(default)]
+    pub tls: Option<GrpcTlsConfig>,
+}
+
+/// TLS of the gRPC server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// API server URL. Unset: the in-cluster service account, else `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Timeout of one API request.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a request that timed out or got a 5xx, with backoff. 403, 404 and 429 are
+    /// never retried at once.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// This replica's identity in the Lease. Default: `$POD_NAME`, else the host name.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Leader election; set it when more than one replica of prescale runs. Only the holder
+    /// writes `/scale`.
+    #[serde(default)]
+    pub lease: Option<LeaseYaml>,
+}
+
+/// Where the leader Lease lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseYaml {
+    /// Namespace of the Lease (usually prescale's own).
+    pub namespace: String,
+    /// Name of the Lease.
+    #[serde(default = "default_lease_name")]
+    pub name: String,
+    /// How long a holder keeps the Lease without renewing; it renews every third of this
+    /// and stops writing after two thirds without a renewal.
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+/// How a workload's recommendations reach the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActuatorKind {
+    /// Published for KEDA (gRPC external scaler and metrics-api JSON); KEDA's HPA scales.
+    #[default]
+    Keda,
+    /// Written to the workload's `/scale` subresource by prescale itself.
+    Scale,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +226,17 @@ pub enum Mode {
     Recommend,
     /// Changes are applied through the configured actuator.
     Auto,
+}
+
+impl Mode {
+    /// The name used in YAML and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Recommend => "recommend",
+            Mode::Auto => "auto",
+        }
+    }
 }
 
 /// The kind of a workload's scale target.
@@ -184,6 +287,10 @@ pub struct WorkloadConfig {
     /// Quantile of demand to forecast (overrides the preset's).
     #[serde(default)]
     pub quantile: Option<f64>,
+    /// `keda` (published for KEDA to apply) or `scale` (prescale writes `/scale` itself, in
+    /// `auto` mode only).
+    #[serde(default)]
+    pub actuator: ActuatorKind,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -213,6 +320,21 @@ fn default_http() -> SocketAddr {
 fn default_grpc() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
 }
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_metadata_entries() -> usize {
+    64
+}
+fn default_max_metadata_value_bytes() -> usize {
+    4096
+}
+fn default_lease_name() -> String {
+    "prescale-leader".to_string()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
+}
 fn default_kind() -> WorkloadKind {
     WorkloadKind::Deployment
 }
@@ -236,6 +358,37 @@ impl Default for LoopConfig {
             history: default_history(),
             concurrency: default_concurrency(),
         }
+    }
+}
+
+impl Default for KedaConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: None,
+            max_message_bytes: default_max_message_bytes(),
+            max_metadata_entries: default_max_metadata_entries(),
+            max_metadata_value_bytes: default_max_metadata_value_bytes(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            api_url: None,
+            timeout: default_timeout(),
+            retries: default_retries(),
+            identity: None,
+            lease: None,
+        }
+    }
+}
+
+impl KedaConfig {
+    /// `stale_after`, or three loop intervals.
+    pub fn stale_after(&self, interval: Duration) -> Duration {
+        self.stale_after.unwrap_or(interval * 3)
     }
 }
 
@@ -433,6 +586,59 @@ impl Config {
         }
         if self.loop_.concurrency == 0 || self.loop_.concurrency > 1024 {
             return Err(invalid("loop.concurrency", "must be in 1..=1024"));
+        }
+        let k = &self.keda;
+        if k.stale_after.is_some_and(|d| d < self.loop_.interval) {
+            return Err(invalid(
+                "keda.stale_after",
+                "must be at least one loop.interval",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&k.max_message_bytes) {
+            return Err(invalid(
+                "keda.max_message_bytes",
+                "must be in 1 KiB..=16 MiB",
+            ));
+        }
+        if k.max_metadata_entries == 0 || k.max_metadata_value_bytes < 64 {
+            return Err(invalid(
+                "keda.max_metadata_entries",
+                "entries must be positive and max_metadata_value_bytes at least 64",
+            ));
+        }
+        let kube = &self.kubernetes;
+        if let Some(url) = &kube.api_url
+            && url
+                .parse::<axum::http::Uri>()
+                .map_or(true, |u| u.scheme().is_none() || u.host().is_none())
+        {
+            return Err(invalid(
+                "kubernetes.api_url",
+                format!("`{url}` is not an absolute URL"),
+            ));
+        }
+        if kube.timeout.is_zero() || kube.timeout > Duration::from_secs(60) {
+            return Err(invalid("kubernetes.timeout", "must be in (0s, 60s]"));
+        }
+        if kube.retries > 10 {
+            return Err(invalid("kubernetes.retries", "must be at most 10"));
+        }
+        if let Some(l) = &kube.lease {
+            if !is_dns_label(&l.namespace) {
+                return Err(invalid(
+                    "kubernetes.lease.namespace",
+                    "must be a DNS-1123 label",
+                ));
+            }
+            if !is_dns_subdomain(&l.name) {
+                return Err(invalid(
+                    "kubernetes.lease.name",
+                    "must be a DNS-1123 subdomain",
+                ));
+            }
+            if l.duration < Duration::from_secs(3) {
+                return Err(invalid("kubernetes.lease.duration", "must be at least 3s"));
+            }
         }
         if self.workloads.is_empty() {
             return Err(invalid("workloads", "must list at least one workload"));

@@ -19,6 +19,7 @@
 //! - [`app`]: `prescale serve`: the loop and the wiring; the only module that knows every
 //!   concrete type.
 
+pub mod actuator;
 pub mod api;
 pub mod app;
 pub mod collector;

@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prescale::actuator::keda;
 use prescale::app::{Service, Timeline};
 use prescale::collector::{MetricSource, PrometheusSource, TraceSource};
-use prescale::config::{Config, LogFormat};
+use prescale::config::{ActuatorKind, Config, LogFormat, Mode};
 use prescale::forecast::ModelPreset;
 use prescale::policy::Headroom;
 use prescale::sim::{self, PolicyName, ReplayConfig, Trace};
@@ -168,6 +169,8 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for every client and server (kube, reqwest, tonic).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // `serve` with a config file takes its log format from the config (after environment
     // overrides); everything else from PRESCALE_LOG_FORMAT.
     // The config is read once, here; `serve` receives it.
@@ -252,7 +255,7 @@ fn demo_config(trace: &Trace) -> anyhow::Result<Config> {
          loop:\n  interval: {cadence}s\n  history: 7d\n\
          data_dir: {data}\n\
          workloads:\n\
-         - {{namespace: demo, name: web, demand_query: 'demo:0', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m}}\n\
+         - {{namespace: demo, name: web, demand_query: 'demo:0', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m, mode: auto}}\n\
          - {{namespace: demo, name: api, demand_query: 'demo:1000', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m}}\n",
         data = std::env::temp_dir().join("prescale-demo").display(),
     );
@@ -292,10 +295,55 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
                 }
             };
         let listen = cfg.listen.http;
+        let grpc_listen = cfg.listen.grpc;
         let demo = args.config.is_none();
-        let service = Arc::new(Service::new(cfg, source, timeline, step, tick)?);
-        let restored = service.restore()?;
         let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let needs_kube = cfg
+            .workloads
+            .iter()
+            .any(|w| w.mode == Mode::Auto && w.actuator == ActuatorKind::Scale);
+        let actuator = if needs_kube {
+            let (actuator, leader) = prescale::app::scale_actuator(&cfg.kubernetes).await?;
+            if let Some(leader) = leader {
+                let token = shutdown.clone();
+                tasks.push(tokio::spawn(async move { leader.run(token).await }));
+            }
+            Some(actuator)
+        } else {
+            None
+        };
+        let tls = match &cfg.keda.tls {
+            Some(t) => Some(keda::TlsPem {
+                cert: std::fs::read(&t.cert_file).with_context(|| format!("keda.tls.cert_file {}", t.cert_file.display()))?,
+                key: std::fs::read(&t.key_file).with_context(|| format!("keda.tls.key_file {}", t.key_file.display()))?,
+                client_ca: match &t.client_ca_file {
+                    Some(p) => Some(std::fs::read(p).with_context(|| format!("keda.tls.client_ca_file {}", p.display()))?),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
+        let limits = keda::RequestLimits {
+            max_message_bytes: cfg.keda.max_message_bytes,
+            max_metadata_entries: cfg.keda.max_metadata_entries,
+            max_metadata_value_bytes: cfg.keda.max_metadata_value_bytes,
+        };
+        let service = Arc::new(Service::with_actuator(cfg, source, timeline, step, tick, actuator)?);
+        let restored = service.restore()?;
+        let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
+            .await
+            .with_context(|| format!("binding {grpc_listen}"))?;
+        {
+            let scaler = keda::KedaScaler::new(service.shared().board.clone(), limits, shutdown.clone());
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = keda::serve(grpc_listener, scaler, tls, token.clone()).await {
+                    tracing::error!(error = %e, "gRPC server failed");
+                    token.cancel();
+                }
+            }));
+        }
         let signal = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -306,9 +354,11 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
             .with_context(|| format!("binding {listen}"))?;
         {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "prescale serving on http://{listen} (/metrics, /healthz, /readyz, /api/v1/workloads)")?;
+            writeln!(out, "prescale serving on http://{listen} (/metrics, /healthz, /readyz, /api/v1/workloads, /api/v1/keda)")?;
+            writeln!(out, "KEDA external scaler (gRPC) on {grpc_listen}")?;
             if demo {
-                writeln!(out, "demo: two workloads replay a bundled NASA-HTTP trace, 5 minutes of it per loop; dry-run actuator")?;
+                writeln!(out, "demo: two workloads replay a bundled NASA-HTTP trace, 5 minutes of it per loop")?;
+                writeln!(out, "demo: demo/web is in auto mode, published to KEDA: gRPC on {grpc_listen}, JSON at http://{listen}/api/v1/keda/demo/web")?;
             }
             if restored > 0 {
                 writeln!(out, "restored {restored} workload(s) from the last snapshot")?;
@@ -324,6 +374,9 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
         server.await?;
         shutdown.cancel();
         looping.await?;
+        for t in tasks {
+            t.await?;
+        }
         tracing::info!("Shut down cleanly");
         Ok(())
     })

@@ -78,6 +78,17 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `prescale_actuations_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActuationLabels {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Workload name.
+    pub workload: String,
+    /// `written`, `unchanged`, or an actuator error kind (`ActuateError::kind`).
+    pub result: &'static str,
+}
+
 /// Labels of `prescale_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -118,6 +129,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// `prescale_workloads`: workloads configured.
     pub workloads: Gauge,
+    /// `prescale_actuations_total`: `/scale` actuator outcomes per workload.
+    pub actuations: Family<ActuationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,6 +158,7 @@ impl Metrics {
             collector_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             errors: Family::default(),
             workloads: Gauge::default(),
+            actuations: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -213,6 +227,11 @@ impl Metrics {
             m.errors.clone(),
         );
         registry.register("workloads", "Workloads configured", m.workloads.clone());
+        registry.register(
+            "actuations",
+            "Outcomes of the /scale actuator: written, unchanged, or the error kind",
+            m.actuations.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {

@@ -75,6 +75,10 @@ fn every_panel_query_returns_data_from_a_real_scrape() {
         Command::new(env!("CARGO_BIN_EXE_prescale"))
             .args(["serve", "--demo-tick", "1s"])
             .env("PRESCALE_LISTEN_HTTP", format!("127.0.0.1:{app_port}"))
+            .env(
+                "PRESCALE_LISTEN_GRPC",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
             .env("PRESCALE_DATA_DIR", data.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

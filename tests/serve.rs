@@ -17,6 +17,7 @@ fn the_demo_serves_forecasts_and_stops_cleanly_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prescale"))
         .args(["serve", "--demo-tick", "1s"])
         .env("PRESCALE_LISTEN_HTTP", format!("127.0.0.1:{port}"))
+        .env("PRESCALE_LISTEN_GRPC", format!("127.0.0.1:{}", free_port()))
         .env("PRESCALE_DATA_DIR", data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,5 +1,5 @@
-//! The HTTP server (axum): `/metrics`, `/healthz`, `/readyz` and the read API under
-//! `/api/v1`.
+//! The HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, the read API under
+//! `/api/v1`, and the KEDA metrics-api JSON at `/api/v1/keda/{namespace}/{name}`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::actuator::Unpublished;
 use crate::app::Shared;
 
 /// Content type of the OpenMetrics exposition.
@@ -23,6 +24,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/workloads", get(workloads))
         .route("/api/v1/workloads/{namespace}/{name}", get(workload))
+        .route("/api/v1/keda/{namespace}/{name}", get(keda_metric))
         .with_state(shared)
 }
 
@@ -75,5 +77,23 @@ async fn workload(
             None => error(StatusCode::NOT_FOUND, "no such workload"),
         },
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+/// The KEDA `metrics-api` endpoint: `{"desired_replicas": N, ...}` for a trigger with
+/// `valueLocation: desired_replicas` and `targetValue: "1"`. Missing or stale data is a 503
+/// (KEDA counts a failure; its fallback applies), never a zero.
+async fn keda_metric(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let key = format!("{namespace}/{name}");
+    match s.board.get(&key) {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e @ Unpublished::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ Unpublished::NotAuto { .. }) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ Unpublished::Unavailable { .. }) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
     }
 }
