@@ -822,8 +822,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Kubernetes client prescale uses: `kubernetes.api_url`, else in-cluster or kubeconfig;
+/// every request bounded by `kubernetes.timeout`; kube's built-in retry layer off.
+///
+/// # Errors
+/// No usable Kubernetes configuration.
+pub async fn kube_client(cfg: &crate::config::KubernetesConfig) -> anyhow::Result<kube::Client> {
+    let mut kc = match &cfg.api_url {
+        Some(url) => kube::Config::new(url.parse().context("kubernetes.api_url")?),
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
+    };
+    kc.connect_timeout = Some(cfg.timeout);
+    kc.read_timeout = Some(cfg.timeout);
+    kc.write_timeout = Some(cfg.timeout);
+    // kube's own retry layer would sleep through long Retry-After values inside one loop;
+    // the actuator retries itself, within `retries`, and defers 429s to a later loop.
+    kc.default_retry = false;
+    kube::Client::try_from(kc).context("building the Kubernetes client")
+}
+
 /// The `/scale` actuator and, when a Lease is configured, its elector (which the caller
-/// runs). The client comes from `kubernetes.api_url`, else in-cluster or kubeconfig.
+/// runs).
 ///
 /// # Errors
 /// No usable Kubernetes configuration.
@@ -834,16 +855,7 @@ pub async fn scale_actuator(
     Option<Arc<crate::actuator::LeaseElector>>,
 )> {
     use crate::actuator::{LeaseConfig, LeaseElector, ScaleActuator};
-    let mut kc = match &cfg.api_url {
-        Some(url) => kube::Config::new(url.parse().context("kubernetes.api_url")?),
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
-    };
-    kc.connect_timeout = Some(cfg.timeout);
-    kc.read_timeout = Some(cfg.timeout);
-    kc.write_timeout = Some(cfg.timeout);
-    let client = kube::Client::try_from(kc).context("building the Kubernetes client")?;
+    let client = kube_client(cfg).await?;
     let leader = cfg.lease.as_ref().map(|l| {
         let identity = cfg
             .identity

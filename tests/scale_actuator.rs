@@ -1,0 +1,909 @@
+//! The `/scale` actuator and the leader Lease against an in-test Kubernetes API server that
+//! enforces the real paths, verbs, content type, object kinds and resourceVersion (409 when
+//! stale), with scripted faults: 403, 404, 429 with Retry-After, 5xx, hangs, a competing HPA or
+//! ScaledObject, and two prescale replicas racing for the Lease.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use prescale::actuator::{
+    ActuateError, Actuator, LeaseConfig, LeaseElector, Limits, ScaleActuator, Target,
+};
+use prescale::config::{KubernetesConfig, WorkloadKind};
+
+/// What a scripted fault does to a matching request.
+#[derive(Clone)]
+enum Action {
+    /// Answer with this status (reason, Retry-After seconds).
+    Status(u16, &'static str, Option<u32>),
+    /// Never answer in time.
+    Hang(Duration),
+    /// Another writer changes the object to this many replicas just before the request.
+    Race(i32),
+}
+
+struct Fault {
+    method: Method,
+    path_suffix: &'static str,
+    times: usize,
+    action: Action,
+}
+
+#[derive(Default)]
+struct World {
+    /// (plural, namespace, name) -> (replicas, resourceVersion)
+    scales: HashMap<(String, String, String), (i32, u64)>,
+    /// HPAs: (namespace, name, target kind, target name)
+    hpas: Vec<(String, String, String, String)>,
+    /// ScaledObjects (namespace, name, target name); `None`: the KEDA CRD is not installed.
+    scaled_objects: Option<Vec<(String, String, String)>>,
+    /// (namespace, name) -> lease object
+    leases: HashMap<(String, String), Value>,
+    faults: VecDeque<Fault>,
+    log: Vec<(Method, String)>,
+    scale_writes: usize,
+    rv: u64,
+}
+
+type Shared = Arc<Mutex<World>>;
+
+fn status(code: u16, reason: &str, message: &str, retry_after: Option<u32>) -> Response {
+    let mut body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    });
+    if let Some(s) = retry_after {
+        body["details"] = json!({ "retryAfterSeconds": s });
+    }
+    let mut res = (
+        StatusCode::from_u16(code).unwrap(),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(s) = retry_after {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
+    }
+    res
+}
+
+fn ok_json(v: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn scale_object(plural: &str, ns: &str, name: &str, replicas: i32, rv: u64) -> Value {
+    let _ = plural;
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": rv.to_string(), "uid": format!("uid-{name}")},
+        "spec": {"replicas": replicas},
+        "status": {"replicas": replicas, "selector": format!("app={name}")},
+    })
+}
+
+async fn handle(
+    axum::extract::State(world): axum::extract::State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let action = {
+        let mut w = world.lock().unwrap();
+        w.log.push((method.clone(), path.clone()));
+        let hit = w
+            .faults
+            .iter()
+            .position(|f| f.method == method && path.ends_with(f.path_suffix));
+        hit.map(|i| {
+            let f = &mut w.faults[i];
+            f.times -= 1;
+            let a = f.action.clone();
+            if f.times == 0 {
+                w.faults.remove(i);
+            }
+            a
+        })
+    };
+    match action {
+        Some(Action::Status(code, reason, retry)) => {
+            return status(code, reason, "scripted", retry);
+        }
+        Some(Action::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            return status(504, "Timeout", "too late", None);
+        }
+        Some(Action::Race(replicas)) => {
+            let mut w = world.lock().unwrap();
+            w.rv += 1;
+            let rv = w.rv;
+            for (_, v) in w.scales.iter_mut() {
+                *v = (replicas, rv);
+            }
+        }
+        None => {}
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut w = world.lock().unwrap();
+    match (method.clone(), parts.as_slice()) {
+        (
+            m,
+            [
+                "apis",
+                "apps",
+                "v1",
+                "namespaces",
+                ns,
+                plural @ ("deployments" | "statefulsets"),
+                name,
+                "scale",
+            ],
+        ) => {
+            let key = (plural.to_string(), ns.to_string(), name.to_string());
+            let Some(&(replicas, rv)) = w.scales.get(&key) else {
+                return status(
+                    404,
+                    "NotFound",
+                    &format!("{plural}.apps \"{name}\" not found"),
+                    None,
+                );
+            };
+            if m == Method::GET {
+                return ok_json(&scale_object(plural, ns, name, replicas, rv));
+            }
+            if m != Method::PUT {
+                return status(405, "MethodNotAllowed", "method not allowed", None);
+            }
+            let ctype = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !ctype.starts_with("application/json") {
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!("unsupported content type {ctype}"),
+                    None,
+                );
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "body is not JSON", None);
+            };
+            if v["kind"] != "Scale" || v["apiVersion"] != "autoscaling/v1" {
+                return status(400, "BadRequest", "expected autoscaling/v1 Scale", None);
+            }
+            if v["metadata"]["name"] != *name {
+                return status(
+                    400,
+                    "BadRequest",
+                    "name in body does not match the URL",
+                    None,
+                );
+            }
+            // Stricter than the real server (which allows an unconditional update): prescale
+            // must always send the resourceVersion it read.
+            let Some(sent_rv) = v["metadata"]["resourceVersion"].as_str() else {
+                return status(
+                    422,
+                    "Invalid",
+                    "metadata.resourceVersion is required here",
+                    None,
+                );
+            };
+            let Some(new) = v["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+                return status(
+                    422,
+                    "Invalid",
+                    "spec.replicas must be a non-negative integer",
+                    None,
+                );
+            };
+            if sent_rv != rv.to_string() {
+                return status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {plural}.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                    None,
+                );
+            }
+            w.rv += 1;
+            let rv = w.rv;
+            w.scales.insert(key, (new as i32, rv));
+            w.scale_writes += 1;
+            ok_json(&scale_object(plural, ns, name, new as i32, rv))
+        }
+        (
+            Method::GET,
+            [
+                "apis",
+                "autoscaling",
+                "v2",
+                "namespaces",
+                ns,
+                "horizontalpodautoscalers",
+            ],
+        ) => {
+            let items: Vec<Value> = w
+                .hpas
+                .iter()
+                .filter(|h| h.0 == *ns)
+                .map(|(ns, name, kind, target)| json!({
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target}, "maxReplicas": 10},
+                }))
+                .collect();
+            ok_json(
+                &json!({"kind": "HorizontalPodAutoscalerList", "apiVersion": "autoscaling/v2", "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
+        (
+            Method::GET,
+            [
+                "apis",
+                "keda.sh",
+                "v1alpha1",
+                "namespaces",
+                ns,
+                "scaledobjects",
+            ],
+        ) => match &w.scaled_objects {
+            None => status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None,
+            ),
+            Some(list) => {
+                let items: Vec<Value> = list
+                    .iter()
+                    .filter(|s| s.0 == *ns)
+                    .map(|(ns, name, target)| {
+                        json!({
+                            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                            "metadata": {"name": name, "namespace": ns},
+                            "spec": {"scaleTargetRef": {"name": target}},
+                        })
+                    })
+                    .collect();
+                ok_json(
+                    &json!({"kind": "ScaledObjectList", "apiVersion": "keda.sh/v1alpha1", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+        },
+        (
+            m,
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "leases",
+                rest @ ..,
+            ],
+        ) => match (m, rest) {
+            (Method::GET, [name]) => match w.leases.get(&(ns.to_string(), name.to_string())) {
+                Some(l) => ok_json(l),
+                None => status(
+                    404,
+                    "NotFound",
+                    &format!("leases.coordination.k8s.io \"{name}\" not found"),
+                    None,
+                ),
+            },
+            (Method::POST, []) => {
+                let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+                    return status(400, "BadRequest", "body is not JSON", None);
+                };
+                let name = v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let key = (ns.to_string(), name.clone());
+                if w.leases.contains_key(&key) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                        None,
+                    );
+                }
+                w.rv += 1;
+                v["metadata"]["resourceVersion"] = json!(w.rv.to_string());
+                w.leases.insert(key, v.clone());
+                (
+                    StatusCode::CREATED,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    v.to_string(),
+                )
+                    .into_response()
+            }
+            (Method::PUT, [name]) => {
+                let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+                    return status(400, "BadRequest", "body is not JSON", None);
+                };
+                let key = (ns.to_string(), name.to_string());
+                let Some(current) = w.leases.get(&key) else {
+                    return status(404, "NotFound", "lease not found", None);
+                };
+                if v["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                    return status(409, "Conflict", "the object has been modified", None);
+                }
+                w.rv += 1;
+                v["metadata"]["resourceVersion"] = json!(w.rv.to_string());
+                w.leases.insert(key, v.clone());
+                ok_json(&v)
+            }
+            _ => status(405, "MethodNotAllowed", "method not allowed", None),
+        },
+        _ => status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        ),
+    }
+}
+
+async fn fake_api(world: Shared) -> SocketAddr {
+    let app = axum::Router::new().fallback(handle).with_state(world);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// prescale's own client (src/app.rs), pointed at the fake.
+async fn client(addr: SocketAddr, timeout: Duration) -> kube::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cfg = KubernetesConfig {
+        api_url: Some(format!("http://{addr}")),
+        timeout,
+        ..KubernetesConfig::default()
+    };
+    prescale::app::kube_client(&cfg).await.unwrap()
+}
+
+fn world_with(replicas: i32) -> Shared {
+    let mut w = World {
+        rv: 100,
+        scaled_objects: Some(Vec::new()),
+        ..World::default()
+    };
+    w.scales.insert(
+        ("deployments".into(), "shop".into(), "web".into()),
+        (replicas, 100),
+    );
+    w.scales.insert(
+        ("statefulsets".into(), "shop".into(), "db".into()),
+        (replicas, 100),
+    );
+    Arc::new(Mutex::new(w))
+}
+
+fn web() -> Target {
+    Target {
+        namespace: "shop".into(),
+        name: "web".into(),
+        kind: WorkloadKind::Deployment,
+    }
+}
+
+const LIMITS: Limits = Limits {
+    min_replicas: 1,
+    max_replicas: 50,
+    max_step_up: None,
+    max_step_down: None,
+};
+
+async fn setup(replicas: i32) -> (Shared, ScaleActuator) {
+    let world = world_with(replicas);
+    let addr = fake_api(world.clone()).await;
+    let act = ScaleActuator::new(
+        client(addr, Duration::from_secs(2)).await,
+        None,
+        Duration::from_millis(700),
+        2,
+    );
+    (world, act)
+}
+
+fn replicas(world: &Shared, plural: &str, name: &str) -> i32 {
+    world.lock().unwrap().scales[&(plural.to_string(), "shop".to_string(), name.to_string())].0
+}
+
+fn scale_requests(world: &Shared, method: Method) -> usize {
+    world
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|(m, p)| *m == method && p.ends_with("/scale"))
+        .count()
+}
+
+#[tokio::test]
+async fn writes_with_the_read_resource_version_and_only_when_needed() {
+    let (world, act) = setup(3).await;
+    let a = act.apply(&web(), 5, LIMITS).await.unwrap();
+    assert_eq!((a.previous, a.replicas, a.written), (3, 5, true));
+    assert_eq!(replicas(&world, "deployments", "web"), 5);
+    // Same desired again: a read, no write.
+    let a = act.apply(&web(), 5, LIMITS).await.unwrap();
+    assert!(!a.written);
+    assert_eq!(world.lock().unwrap().scale_writes, 1);
+    // StatefulSets use their own path.
+    let db = Target {
+        name: "db".into(),
+        kind: WorkloadKind::StatefulSet,
+        ..web()
+    };
+    act.apply(&db, 7, LIMITS).await.unwrap();
+    assert_eq!(replicas(&world, "statefulsets", "db"), 7);
+}
+
+#[tokio::test]
+async fn min_max_and_step_are_honoured_against_observed_replicas() {
+    let (world, act) = setup(10).await;
+    let limits = Limits {
+        min_replicas: 2,
+        max_replicas: 30,
+        max_step_up: Some(4),
+        max_step_down: Some(2),
+    };
+    assert_eq!(act.apply(&web(), 100, limits).await.unwrap().replicas, 14);
+    assert_eq!(act.apply(&web(), 0, limits).await.unwrap().replicas, 12);
+    assert_eq!(replicas(&world, "deployments", "web"), 12);
+}
+
+#[tokio::test]
+async fn a_conflict_rereads_and_redecides() {
+    let (world, act) = setup(3).await;
+    // Someone else scales to 9 between our read and our write: our write gets 409, we re-read
+    // (9) and re-decide against it with the step limit.
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::PUT,
+        path_suffix: "/scale",
+        times: 1,
+        action: Action::Race(9),
+    });
+    let limits = Limits {
+        max_step_down: Some(1),
+        ..LIMITS
+    };
+    let a = act.apply(&web(), 5, limits).await.unwrap();
+    assert_eq!(
+        (a.previous, a.replicas),
+        (9, 8),
+        "re-decided from the new observation"
+    );
+    assert_eq!(replicas(&world, "deployments", "web"), 8);
+    assert_eq!(scale_requests(&world, Method::PUT), 2);
+    assert_eq!(world.lock().unwrap().scale_writes, 1);
+}
+
+#[tokio::test]
+async fn endless_conflicts_give_up_without_writing() {
+    let (world, act) = setup(3).await;
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::PUT,
+        path_suffix: "/scale",
+        times: usize::MAX,
+        action: Action::Status(409, "Conflict", None),
+    });
+    let e = act.apply(&web(), 5, LIMITS).await.unwrap_err();
+    assert_eq!(e.kind(), "conflict");
+    assert_eq!(scale_requests(&world, Method::PUT), 4, "bounded retries");
+    assert_eq!(replicas(&world, "deployments", "web"), 3);
+}
+
+#[tokio::test]
+async fn forbidden_and_gone_are_not_retried() {
+    let (world, act) = setup(3).await;
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::GET,
+        path_suffix: "/scale",
+        times: 1,
+        action: Action::Status(403, "Forbidden", None),
+    });
+    assert_eq!(
+        act.apply(&web(), 5, LIMITS).await.unwrap_err().kind(),
+        "forbidden"
+    );
+    assert_eq!(
+        scale_requests(&world, Method::GET),
+        1,
+        "no retry storm on 403"
+    );
+    let gone = Target {
+        name: "deleted".into(),
+        ..web()
+    };
+    assert_eq!(
+        act.apply(&gone, 5, LIMITS).await.unwrap_err().kind(),
+        "target_gone"
+    );
+    assert_eq!(scale_requests(&world, Method::PUT), 0);
+}
+
+#[tokio::test]
+async fn throttling_honours_retry_after() {
+    let (world, act) = setup(3).await;
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::GET,
+        path_suffix: "/scale",
+        times: 1,
+        action: Action::Status(429, "TooManyRequests", Some(2)),
+    });
+    match act.apply(&web(), 5, LIMITS).await {
+        Err(ActuateError::Throttled { retry_after }) => {
+            assert!(retry_after >= Duration::from_secs(2))
+        }
+        other => panic!("{other:?}"),
+    }
+    let before = world.lock().unwrap().log.len();
+    // Within Retry-After nothing is sent at all.
+    assert_eq!(
+        act.apply(&web(), 5, LIMITS).await.unwrap_err().kind(),
+        "throttled"
+    );
+    assert_eq!(world.lock().unwrap().log.len(), before);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(act.apply(&web(), 5, LIMITS).await.unwrap().written);
+}
+
+#[tokio::test]
+async fn server_errors_and_hangs_are_retried_within_a_budget() {
+    let (world, act) = setup(3).await;
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::GET,
+        path_suffix: "/scale",
+        times: 1,
+        action: Action::Status(503, "ServiceUnavailable", None),
+    });
+    assert!(
+        act.apply(&web(), 5, LIMITS).await.unwrap().written,
+        "one 503 is retried"
+    );
+
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::GET,
+        path_suffix: "/scale",
+        times: usize::MAX,
+        action: Action::Hang(Duration::from_secs(5)),
+    });
+    let t = Instant::now();
+    let e = act.apply(&web(), 6, LIMITS).await.unwrap_err();
+    assert_eq!(e.kind(), "unavailable");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "bounded by timeout x attempts: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(replicas(&world, "deployments", "web"), 5, "held");
+}
+
+#[tokio::test]
+async fn another_autoscaler_means_hands_off() {
+    let (world, act) = setup(3).await;
+    world.lock().unwrap().hpas.push((
+        "shop".into(),
+        "web-hpa".into(),
+        "Deployment".into(),
+        "web".into(),
+    ));
+    let e = act.apply(&web(), 5, LIMITS).await.unwrap_err();
+    assert_eq!(e.kind(), "managed_by_hpa");
+    assert!(e.to_string().contains("web-hpa"), "{e}");
+
+    let (world2, act2) = setup(3).await;
+    world2.lock().unwrap().scaled_objects =
+        Some(vec![("shop".into(), "web-so".into(), "web".into())]);
+    let e = act2.apply(&web(), 5, LIMITS).await.unwrap_err();
+    assert!(e.to_string().contains("ScaledObject shop/web-so"), "{e}");
+    for w in [&world, &world2] {
+        assert_eq!(scale_requests(w, Method::PUT), 0);
+        assert_eq!(replicas(w, "deployments", "web"), 3);
+    }
+    // An HPA on another target, and no KEDA installed, do not block.
+    let (world3, act3) = setup(3).await;
+    world3.lock().unwrap().hpas.push((
+        "shop".into(),
+        "x".into(),
+        "Deployment".into(),
+        "other".into(),
+    ));
+    world3.lock().unwrap().scaled_objects = None;
+    assert!(act3.apply(&web(), 5, LIMITS).await.unwrap().written);
+}
+
+#[tokio::test]
+async fn a_target_at_zero_is_left_alone() {
+    let (world, act) = setup(0).await;
+    assert_eq!(
+        act.apply(&web(), 5, LIMITS).await.unwrap_err().kind(),
+        "paused"
+    );
+    assert_eq!(replicas(&world, "deployments", "web"), 0);
+}
+
+fn lease_cfg(identity: &str, duration: Duration) -> LeaseConfig {
+    LeaseConfig {
+        namespace: "prescale".into(),
+        name: "prescale-leader".into(),
+        identity: identity.into(),
+        duration,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_race_and_at_most_one_writes_per_decision() {
+    let world = world_with(3);
+    let addr = fake_api(world.clone()).await;
+    let duration = Duration::from_secs(3);
+    let a = Arc::new(LeaseElector::new(
+        client(addr, Duration::from_secs(2)).await,
+        lease_cfg("a", duration),
+    ));
+    let b = Arc::new(LeaseElector::new(
+        client(addr, Duration::from_secs(2)).await,
+        lease_cfg("b", duration),
+    ));
+    let (ra, rb) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra ^ rb, "exactly one leader: a={ra} b={rb}");
+    assert_eq!(a.is_leader(), ra);
+    assert_eq!(b.is_leader(), rb);
+
+    let act_a = ScaleActuator::new(
+        client(addr, Duration::from_secs(2)).await,
+        Some(a.clone()),
+        Duration::from_secs(1),
+        1,
+    );
+    let act_b = ScaleActuator::new(
+        client(addr, Duration::from_secs(2)).await,
+        Some(b.clone()),
+        Duration::from_secs(1),
+        1,
+    );
+    // Several decisions, both replicas applying each at the same time.
+    for desired in [6u32, 9, 4] {
+        let before = world.lock().unwrap().scale_writes;
+        let t = web();
+        let (x, y) = tokio::join!(
+            act_a.apply(&t, desired, LIMITS),
+            act_b.apply(&t, desired, LIMITS)
+        );
+        let errs: Vec<&str> = [&x, &y]
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.kind()))
+            .collect();
+        assert_eq!(errs, vec!["not_leader"], "the follower refuses");
+        assert_eq!(
+            world.lock().unwrap().scale_writes - before,
+            1,
+            "one write per decision"
+        );
+        assert_eq!(replicas(&world, "deployments", "web"), desired as i32);
+    }
+
+    // The holder keeps renewing; the other cannot take it while it does.
+    let (leader, follower) = if ra { (&a, &b) } else { (&b, &a) };
+    assert!(leader.try_acquire_or_renew().await.unwrap());
+    assert!(!follower.try_acquire_or_renew().await.unwrap());
+    // Released at shutdown: the other takes over at its next round.
+    leader.release().await;
+    assert!(!leader.is_leader());
+    assert!(follower.try_acquire_or_renew().await.unwrap());
+    assert!(follower.is_leader());
+    let lease = world.lock().unwrap().leases
+        [&("prescale".to_string(), "prescale-leader".to_string())]
+        .clone();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_holder_loses_the_lease_after_its_duration() {
+    let world = world_with(3);
+    let addr = fake_api(world.clone()).await;
+    let duration = Duration::from_secs(3);
+    let a = LeaseElector::new(
+        client(addr, Duration::from_secs(2)).await,
+        lease_cfg("a", duration),
+    );
+    let b = LeaseElector::new(
+        client(addr, Duration::from_secs(2)).await,
+        lease_cfg("b", duration),
+    );
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    // `a` stops acting before anyone may consider the Lease expired...
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        !a.is_leader(),
+        "a stops acting after 2/3 of the duration without renewal"
+    );
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "not expired yet from b's view"
+    );
+    // ...and `b` takes it once it has seen no renewal for the whole duration.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    assert!(
+        !a.try_acquire_or_renew().await.unwrap(),
+        "a sees b holding it"
+    );
+}
+
+/// The live loop with the `/scale` actuator: a demand trace stepping up, the fake API server
+/// as the cluster.
+mod service {
+    use super::*;
+    use prescale::app::{Service, Timeline};
+    use prescale::collector::{CollectError, MetricSource, Sample, TimeWindow, TraceSource};
+    use prescale::config::Config;
+    use prescale::sim::Trace;
+
+    /// A source that fails every fetch (Prometheus down).
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl MetricSource for Down {
+        async fn fetch(&self, _: &str, _: TimeWindow) -> Result<Vec<Sample>, CollectError> {
+            Err(CollectError::Empty)
+        }
+    }
+
+    const STEP: i64 = 60;
+
+    fn trace() -> Trace {
+        // Two hours at 100, then 900: at capacity 100 per replica the loop must ask for more.
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..600 {
+            let v = if i < 500 { 100.0 } else { 900.0 };
+            csv.push_str(&format!("{},{v}\n", i * STEP));
+        }
+        Trace::parse(std::path::Path::new("step.csv"), csv.as_bytes()).unwrap()
+    }
+
+    fn config(api: SocketAddr, data: &std::path::Path) -> Config {
+        let yaml = format!(
+            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
+             loop: {{interval: 60s, history: 6h}}\n\
+             data_dir: '{}'\n\
+             kubernetes: {{api_url: 'http://{api}', timeout: 2s}}\n\
+             workloads:\n\
+             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, min_replicas: 1, max_replicas: 20, mode: auto, actuator: scale}}\n",
+            data.display()
+        );
+        Config::parse(std::path::Path::new("test.yaml"), &yaml, &|_| None).unwrap()
+    }
+
+    async fn service(
+        world: &Shared,
+        source: Arc<dyn MetricSource>,
+        start: i64,
+    ) -> (Service, tempfile::TempDir) {
+        let addr = fake_api(world.clone()).await;
+        let data = tempfile::tempdir().unwrap();
+        let cfg = config(addr, data.path());
+        let (actuator, _) = prescale::app::scale_actuator(&cfg.kubernetes)
+            .await
+            .unwrap();
+        let timeline = Timeline::Virtual {
+            now: std::sync::atomic::AtomicI64::new(start),
+            per_tick: STEP,
+        };
+        let svc = Service::with_actuator(
+            cfg,
+            source,
+            timeline,
+            STEP as u64,
+            Duration::from_secs(1),
+            Some(actuator),
+        )
+        .unwrap();
+        (svc, data)
+    }
+
+    fn view(svc: &Service) -> prescale::app::WorkloadView {
+        svc.shared().views.read().unwrap()["shop/web"].clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loop_scales_the_deployment_and_reads_it_back() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let world = world_with(1);
+        let (svc, _data) = service(&world, Arc::new(TraceSource::new(&trace())), 0).await;
+        for t in (400..=520).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        let v = view(&svc);
+        let on_server = replicas(&world, "deployments", "web");
+        assert!(
+            on_server >= 9,
+            "the step to 900 was applied: {on_server} replicas"
+        );
+        assert_eq!(
+            v.current_replicas,
+            Some(on_server as u32),
+            "current is what the API says"
+        );
+        assert_eq!(v.desired_replicas, Some(on_server as u32));
+        assert!(v.actuator_error.is_none(), "{:?}", v.actuator_error);
+        let metrics = svc.shared().metrics.encode();
+        assert!(metrics.contains(
+            "prescale_actuations_total{namespace=\"shop\",workload=\"web\",result=\"written\"}"
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_competing_hpa_is_reported_and_left_alone() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let world = world_with(1);
+        world.lock().unwrap().hpas.push((
+            "shop".into(),
+            "web".into(),
+            "Deployment".into(),
+            "web".into(),
+        ));
+        let (svc, _data) = service(&world, Arc::new(TraceSource::new(&trace())), 0).await;
+        for t in (500..=510).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        let v = view(&svc);
+        assert!(
+            v.actuator_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("managed_by_hpa")),
+            "{:?}",
+            v.actuator_error
+        );
+        assert_eq!(scale_requests(&world, Method::PUT), 0);
+        // Checked once, then backed off: not one HPA list per loop.
+        let lists = world
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(_, p)| p.ends_with("horizontalpodautoscalers"))
+            .count();
+        assert_eq!(lists, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_data_never_touches_the_deployment() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let world = world_with(7);
+        let (svc, _data) = service(&world, Arc::new(Down), 0).await;
+        for t in (500..=505).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        assert_eq!(view(&svc).state, prescale::app::WorkloadState::Degraded);
+        assert!(
+            world.lock().unwrap().log.is_empty(),
+            "no API call at all on missing data"
+        );
+        assert_eq!(replicas(&world, "deployments", "web"), 7);
+    }
+}
