@@ -752,7 +752,12 @@ impl Runtime {
                 }
             }
             Err(e) => {
-                tracing::warn!(workload = %self.cfg.key(), error = %e, "Not scaled");
+                // Followers meet NotLeader every loop: expected, not worth a warning.
+                if matches!(e, ActuateError::NotLeader) {
+                    tracing::debug!(workload = %self.cfg.key(), "Not the leader; not scaled");
+                } else {
+                    tracing::warn!(workload = %self.cfg.key(), error = %e, "Not scaled");
+                }
                 count(metrics, "actuator", e.kind());
                 self.next_attempt = match &e {
                     ActuateError::Throttled { retry_after } => {
