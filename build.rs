@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .file_descriptor_set_path(out.join("externalscaler_descriptor.bin"))
         .compile_with_config(config, &["proto/externalscaler.proto"], &["proto"])?;
     Ok(())

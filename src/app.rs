@@ -162,6 +162,8 @@ struct Runtime {
     publication: Publication,
     /// No `/scale` attempt before this (after 403, 404, 429, or another autoscaler).
     next_attempt: Option<std::time::Instant>,
+    /// When `/scale` was last read successfully.
+    last_read: Option<std::time::Instant>,
 }
 
 /// State shared by the loop and the HTTP server.
@@ -192,6 +194,10 @@ pub struct Service {
 /// How long a workload is left alone after the actuator was refused for a reason that a
 /// retry next loop would not fix (403, 404, another autoscaler, paused).
 const REFUSED_BACKOFF: Duration = Duration::from_secs(300);
+
+/// While the desired replicas equal the last replicas read, `/scale` is re-read only this
+/// often (to notice someone else's change) rather than every loop: API server load.
+const RESYNC_EVERY: Duration = Duration::from_secs(300);
 
 /// Least time between two snapshots while running.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
@@ -302,15 +308,8 @@ impl Service {
                 actuator_error: None,
             };
             let publication = Publication {
-                mode: w.mode,
-                desired_replicas: w.min_replicas,
-                demand: None,
-                forecast_peak: None,
-                forecast_peak_at: None,
-                quantile: None,
-                sample_at: None,
                 unavailable: Some("no data yet".to_string()),
-                refreshed: None,
+                ..Publication::new(w.mode, w.min_replicas)
             };
             runtimes.push(Arc::new(Mutex::new(Runtime {
                 query: w.render_query(),
@@ -333,6 +332,7 @@ impl Service {
                 view,
                 publication,
                 next_attempt: None,
+                last_read: None,
                 cfg: w.clone(),
             })));
         }
@@ -712,7 +712,9 @@ impl Runtime {
         let due = self
             .next_attempt
             .is_none_or(|t| std::time::Instant::now() >= t);
-        if !(self.scales_directly() && demand.is_some() && due) {
+        let needed = self.current != Some(decision.desired_replicas)
+            || self.last_read.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
+        if !(self.scales_directly() && demand.is_some() && due && needed) {
             return None;
         }
         let pc = self.policy.config();
@@ -740,6 +742,7 @@ impl Runtime {
                 self.view.current_replicas = Some(a.replicas);
                 self.view.actuator_error = None;
                 self.next_attempt = None;
+                self.last_read = Some(std::time::Instant::now());
                 metrics
                     .current
                     .get_or_create(&self.labels)

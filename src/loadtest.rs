@@ -154,3 +154,248 @@ pub async fn run(
         rss_per_workload_bytes: rss_after.saturating_sub(rss_before) / n.max(1) as u64,
     })
 }
+
+/// Latency of one row of `prescale bench-keda`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KedaLevel {
+    /// Callers: in flight at once (closed loop), or ScaledObjects (open loop).
+    pub concurrency: usize,
+    /// `GetMetrics` (board lookup, answer) or `baseline` (an unimplemented method of the same
+    /// service: transport and routing only).
+    pub call: &'static str,
+    /// Calls made.
+    pub calls: usize,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Worst call, microseconds.
+    pub max_us: f64,
+    /// Calls per second achieved.
+    pub calls_per_second: f64,
+    /// Open loop only: calls per second offered, spread evenly over the callers' phases.
+    pub offered_per_second: Option<f64>,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64
+}
+
+fn level(
+    concurrency: usize,
+    call: &'static str,
+    mut lat: Vec<u64>,
+    secs: f64,
+    offered: Option<f64>,
+) -> KedaLevel {
+    lat.sort_unstable();
+    KedaLevel {
+        concurrency,
+        call,
+        calls: lat.len(),
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        max_us: lat.last().map_or(f64::NAN, |v| *v as f64),
+        calls_per_second: lat.len() as f64 / secs.max(1e-9),
+        offered_per_second: offered,
+    }
+}
+
+type ScalerClient = crate::actuator::keda::pb::external_scaler_client::ExternalScalerClient<
+    tonic::transport::Channel,
+>;
+
+/// One caller's two clients on a shared connection.
+struct Caller {
+    client: ScalerClient,
+    raw: tonic::client::Grpc<tonic::transport::Channel>,
+    name: String,
+}
+
+impl Caller {
+    fn new(ch: tonic::transport::Channel, name: String) -> Self {
+        Self {
+            client: ScalerClient::new(ch.clone()),
+            raw: tonic::client::Grpc::new(ch),
+            name,
+        }
+    }
+
+    /// One call: `GetMetrics`, or for the baseline the same request to a method the server
+    /// does not have (UNIMPLEMENTED from the router: transport only). Returns the latency
+    /// when the answer was the expected one.
+    async fn call(&mut self, baseline: bool) -> Option<u64> {
+        use crate::actuator::keda::{METRIC_NAME, pb};
+        let req = pb::GetMetricsRequest {
+            scaled_object_ref: Some(pb::ScaledObjectRef {
+                name: self.name.clone(),
+                namespace: "bench".to_string(),
+                scaler_metadata: Default::default(),
+            }),
+            metric_name: METRIC_NAME.to_string(),
+        };
+        let t0 = Instant::now();
+        let ok = if baseline {
+            self.raw.ready().await.ok()?;
+            let r: Result<tonic::Response<pb::GetMetricsResponse>, tonic::Status> = self
+                .raw
+                .unary(
+                    tonic::Request::new(req),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/externalscaler.ExternalScaler/Baseline",
+                    ),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            r.is_err_and(|e| e.code() == tonic::Code::Unimplemented)
+        } else {
+            self.client.get_metrics(req).await.is_ok()
+        };
+        ok.then(|| t0.elapsed().as_micros() as u64)
+    }
+}
+
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>) -> anyhow::Result<Vec<u64>> {
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    Ok(lat)
+}
+
+/// `callers` ScaledObjects calling at `rate` calls per second in all (each at its own phase,
+/// as KEDA's pollers and HPA reads are) for `seconds`. Latency counts from the send, not
+/// from the due time: tokio's timer wakes up to 1 ms late, which is the load generator's
+/// lateness, not the server's; a caller's next call is due a whole period later, so a slow
+/// answer cannot hide queued calls unless it takes longer than the period (`max_us` shows
+/// that).
+async fn open_loop_level(
+    channels: &[tonic::transport::Channel],
+    workloads: usize,
+    (callers, rate, seconds): (usize, f64, u64),
+    call: &'static str,
+) -> anyhow::Result<KedaLevel> {
+    let period = Duration::from_secs_f64(callers as f64 / rate.max(1e-9));
+    let started = Instant::now() + Duration::from_millis(100);
+    let end = started + Duration::from_secs(seconds);
+    let tasks = (0..callers)
+        .map(|c| {
+            let mut caller = Caller::new(
+                channels[c % channels.len()].clone(),
+                format!("w{}", c % workloads.max(1)),
+            );
+            let phase = period.mul_f64(c as f64 / callers.max(1) as f64);
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut due = started + phase;
+                while due < end {
+                    tokio::time::sleep_until(due.into()).await;
+                    lat.extend(caller.call(call == "baseline").await);
+                    due += period;
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat = gather(tasks).await?;
+    Ok(level(callers, call, lat, seconds as f64, Some(rate)))
+}
+
+/// Serves the KEDA scaler on loopback with `workloads` fresh `auto` publications, then for
+/// each level runs `level` concurrent callers over `connections` HTTP/2 connections, each
+/// making calls back to back until `calls` calls are done; every call's latency is recorded.
+/// The baseline asks the same server for a method it does not have, the same number of
+/// times, interleaved level by level so both see the same machine. With `open_loop`
+/// (callers, total rate, seconds), two last rows measure a KEDA-like steady rate.
+///
+/// # Errors
+/// Binding or connecting on loopback.
+pub async fn bench_keda(
+    workloads: usize,
+    levels: &[usize],
+    calls: usize,
+    connections: usize,
+    open_loop: Option<(usize, f64, u64)>,
+) -> anyhow::Result<Vec<KedaLevel>> {
+    use crate::actuator::keda::{self, KedaScaler, RequestLimits};
+    use crate::actuator::{Board, Publication};
+    use crate::config::Mode;
+
+    let board = Arc::new(Board::new(Duration::from_secs(3600)));
+    let now = Instant::now();
+    board.publish(
+        (0..workloads)
+            .map(|i| {
+                let p = Publication {
+                    mode: Mode::Auto,
+                    desired_replicas: 1 + (i % 50) as u32,
+                    demand: Some(100.0),
+                    forecast_peak: Some(120.0),
+                    forecast_peak_at: Some(0),
+                    quantile: Some(0.9),
+                    sample_at: Some(0),
+                    unavailable: None,
+                    refreshed: Some(now),
+                };
+                (format!("bench/w{i}"), p)
+            })
+            .collect(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let limits = RequestLimits {
+        max_message_bytes: 64 * 1024,
+        max_metadata_entries: 64,
+        max_metadata_value_bytes: 4096,
+    };
+    let scaler = KedaScaler::new(board, limits, shutdown.clone());
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move { keda::serve(listener, scaler, None, token).await });
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        channels.push(ch);
+    }
+
+    let mut out = Vec::new();
+    for &concurrency in levels {
+        for call in ["GetMetrics", "baseline"] {
+            let per_task = calls.div_ceil(concurrency.max(1));
+            let started = Instant::now();
+            let tasks = (0..concurrency)
+                .map(|t| {
+                    let mut caller = Caller::new(
+                        channels[t % channels.len()].clone(),
+                        format!("w{}", t % workloads.max(1)),
+                    );
+                    tokio::spawn(async move {
+                        let mut lat = Vec::with_capacity(per_task);
+                        for _ in 0..per_task {
+                            lat.extend(caller.call(call == "baseline").await);
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            let lat = gather(tasks).await?;
+            let secs = started.elapsed().as_secs_f64();
+            out.push(level(concurrency, call, lat, secs, None));
+        }
+    }
+    if let Some(open) = open_loop {
+        for call in ["GetMetrics", "baseline"] {
+            out.push(open_loop_level(&channels, workloads, open, call).await?);
+        }
+    }
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(out)
+}

@@ -52,6 +52,31 @@ enum Command {
     /// Forecast benchmark: prescale's models at fixed origins of every suite trace (the
     /// protocol of bench/statsforecast_peer.py), written as JSON.
     BenchForecast(BenchForecastArgs),
+    /// Latency of the KEDA scaler's GetMetrics on loopback at several concurrency levels,
+    /// against a baseline (an unimplemented method: transport only), as a markdown table.
+    BenchKeda {
+        /// Workloads on the board.
+        #[arg(long, default_value_t = 1000)]
+        workloads: usize,
+        /// Concurrency levels (calls in flight at once).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        levels: Vec<usize>,
+        /// Calls per level and kind.
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        /// HTTP/2 connections the callers share.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Open-loop row: this many ScaledObjects...
+        #[arg(long, default_value_t = 1000)]
+        open_callers: usize,
+        /// ...calling this many times per second in all (0: no open-loop row)...
+        #[arg(long, default_value_t = 2000.0)]
+        open_rate: f64,
+        /// ...for this many seconds.
+        #[arg(long, default_value_t = 10)]
+        open_seconds: u64,
+    },
     /// Loop benchmark: the service loop with N synthetic workloads (no network), printing
     /// warm-up and steady loop times and resident memory per workload as JSON.
     BenchLoop {
@@ -193,6 +218,21 @@ fn main() -> std::process::ExitCode {
             Ok(cfg) => serve(&args, cfg),
             Err(e) => Err(e.into()),
         },
+        Command::BenchKeda {
+            workloads,
+            levels,
+            calls,
+            connections,
+            open_callers,
+            open_rate,
+            open_seconds,
+        } => bench_keda(
+            workloads,
+            &levels,
+            calls,
+            connections,
+            (open_rate > 0.0).then_some((open_callers, open_rate, open_seconds)),
+        ),
         Command::BenchLoop {
             workloads,
             history,
@@ -397,6 +437,58 @@ async fn wait_for_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+fn bench_keda(
+    workloads: usize,
+    levels: &[usize],
+    calls: usize,
+    connections: usize,
+    open_loop: Option<(usize, f64, u64)>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = runtime.block_on(prescale::loadtest::bench_keda(
+        workloads,
+        levels,
+        calls,
+        connections,
+        open_loop,
+    ))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "| concurrency | call | calls | p50 µs | p99 µs | max µs | calls/s | p99 / baseline p99 |"
+    )?;
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|")?;
+    for r in &rows {
+        let base = rows
+            .iter()
+            .find(|b| {
+                b.concurrency == r.concurrency
+                    && b.offered_per_second == r.offered_per_second
+                    && b.call == "baseline"
+            })
+            .map_or(f64::NAN, |b| b.p99_us);
+        let mode = match r.offered_per_second {
+            Some(rate) => format!(", open loop at {rate:.0}/s"),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "| {} | {}{mode} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            r.concurrency,
+            r.call,
+            r.calls,
+            r.p50_us,
+            r.p99_us,
+            r.max_us,
+            r.calls_per_second,
+            r.p99_us / base
+        )?;
+    }
+    Ok(())
 }
 
 fn bench_loop(

@@ -851,6 +851,13 @@ mod service {
         );
         assert_eq!(v.desired_replicas, Some(on_server as u32));
         assert!(v.actuator_error.is_none(), "{:?}", v.actuator_error);
+        // Reads only when the wish changes (or every 5 minutes), not once per loop.
+        let reads = scale_requests(&world, Method::GET);
+        let writes = world.lock().unwrap().scale_writes;
+        assert!(
+            reads <= writes + 2,
+            "{reads} reads for {writes} writes over 121 loops"
+        );
         let metrics = svc.shared().metrics.encode();
         assert!(metrics.contains(
             "prescale_actuations_total{namespace=\"shop\",workload=\"web\",result=\"written\"}"

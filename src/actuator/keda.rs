@@ -330,8 +330,132 @@ pub async fn serve(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small answers: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms stalls.
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
             shutdown.cancelled_owned(),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actuator::Publication;
+    use crate::config::Mode;
+    use std::collections::HashMap;
+    use std::time::Instant;
+    use tokio_stream::StreamExt;
+
+    fn publish(board: &Board, desired: u32, unavailable: Option<&str>) {
+        let mut m = HashMap::new();
+        m.insert(
+            "ns/w".to_string(),
+            Publication {
+                unavailable: unavailable.map(str::to_string),
+                refreshed: Some(Instant::now()),
+                ..Publication::new(Mode::Auto, desired)
+            },
+        );
+        board.publish(m);
+    }
+
+    fn scaler(board: &Arc<Board>) -> KedaScaler {
+        let limits = RequestLimits {
+            max_message_bytes: 65_536,
+            max_metadata_entries: 8,
+            max_metadata_value_bytes: 64,
+        };
+        KedaScaler::new(board.clone(), limits, CancellationToken::new())
+    }
+
+    fn object() -> ScaledObjectRef {
+        ScaledObjectRef {
+            name: "w".into(),
+            namespace: "ns".into(),
+            scaler_metadata: HashMap::new(),
+        }
+    }
+
+    async fn next(
+        s: &mut ResponseStream<IsActiveResponse>,
+    ) -> Option<Result<IsActiveResponse, Status>> {
+        tokio::time::timeout(Duration::from_secs(2), s.next())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn stream_is_active_pushes_changes_then_ends_on_missing_data() {
+        let board = Arc::new(Board::new(Duration::from_secs(60)));
+        publish(&board, 0, None);
+        let s = scaler(&board);
+        let mut stream = s
+            .stream_is_active(Request::new(object()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!next(&mut stream).await.unwrap().unwrap().result);
+        // Unchanged activity is not pushed again; a change is.
+        publish(&board, 0, None);
+        publish(&board, 3, None);
+        assert!(next(&mut stream).await.unwrap().unwrap().result);
+        publish(&board, 0, Some("empty"));
+        let err = next(&mut stream).await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            next(&mut stream).await.is_none(),
+            "the stream ends; KEDA redials"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_ends_its_stream_task() {
+        let board = Arc::new(Board::new(Duration::from_secs(60)));
+        publish(&board, 2, None);
+        let s = scaler(&board);
+        let base = Arc::strong_count(&board);
+        let streams: Vec<_> =
+            futures::future::join_all((0..50).map(|_| s.stream_is_active(Request::new(object()))))
+                .await;
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&board), base + 50, "one task per stream");
+        drop(streams);
+        for _ in 0..100 {
+            if Arc::strong_count(&board) == base {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "stream tasks outlived their clients: {}",
+            Arc::strong_count(&board) - base
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_metadata_limits_are_invalid() {
+        let board = Arc::new(Board::new(Duration::from_secs(60)));
+        publish(&board, 2, None);
+        let s = scaler(&board);
+        let mut r = object();
+        r.scaler_metadata = (0..9).map(|i| (format!("k{i}"), "v".into())).collect();
+        let e = s.is_active(Request::new(r)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let mut r = object();
+        r.scaler_metadata.insert("k".into(), "x".repeat(65));
+        let e = s.is_active(Request::new(r)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let mut r = object();
+        r.scaler_metadata
+            .insert("scalerAddress".into(), "prescale:9090".into());
+        assert!(
+            s.is_active(Request::new(r))
+                .await
+                .unwrap()
+                .into_inner()
+                .result
+        );
+    }
 }

@@ -171,6 +171,23 @@ pub struct Publication {
     pub refreshed: Option<Instant>,
 }
 
+impl Publication {
+    /// A publication with only a mode and replicas, never refreshed (so not served yet).
+    pub fn new(mode: Mode, desired_replicas: u32) -> Self {
+        Self {
+            mode,
+            desired_replicas,
+            demand: None,
+            forecast_peak: None,
+            forecast_peak_at: None,
+            quantile: None,
+            sample_at: None,
+            unavailable: None,
+            refreshed: None,
+        }
+    }
+}
+
 /// Why a publication cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unpublished {
@@ -273,15 +290,9 @@ mod tests {
         refreshed: Option<Instant>,
     ) -> Publication {
         Publication {
-            mode,
-            desired_replicas: 7,
-            demand: Some(1.0),
-            forecast_peak: None,
-            forecast_peak_at: None,
-            quantile: None,
-            sample_at: None,
             unavailable: unavailable.map(str::to_string),
             refreshed,
+            ..Publication::new(mode, 7)
         }
     }
 
