@@ -30,3 +30,4 @@ pub mod loadtest;
 pub mod metrics;
 pub mod policy;
 pub mod sim;
+pub mod store;

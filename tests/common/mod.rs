@@ -42,3 +42,109 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+/// A PostgreSQL server started for one test: `initdb` in a temporary directory, listening on
+/// a loopback port, stopped and removed on drop. Debian's binaries run as the `postgres` user
+/// when the test runs as root (the server refuses root).
+pub struct Postgres {
+    /// `postgres://` URL of the `postgres` database.
+    pub url: String,
+    child: Child,
+    data: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_bin(name: &str) -> std::path::PathBuf {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from(name))
+}
+
+fn as_postgres_user(bin: &std::path::Path) -> std::process::Command {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        std::process::Command::new(bin)
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // waiting for a child process
+impl Postgres {
+    /// Starts a server; panics with what to install when the binaries are missing.
+    pub fn start() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let data = dir.path().join("data");
+        let _ = std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let out = as_postgres_user(&pg_bin("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .expect("initdb (apt-get install postgresql; .ci/run does)");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = as_postgres_user(&pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=on"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pg = Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            child,
+            data,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Accepting connections is not yet accepting queries; give it a moment.
+                std::thread::sleep(Duration::from_millis(300));
+                return pg;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("postgres did not start on port {port}");
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT to the postmaster itself (runuser does not forward it): fast shutdown.
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_string));
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status();
+        } else {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,850 @@
+//! The review store (sqlx): recommendations and their lifecycle, the audit log, per-workload
+//! controls and scheduled overrides. SQLite in the data directory by default (WAL,
+//! `synchronous=FULL`), PostgreSQL when several replicas run; the same migrations and queries
+//! run on both through sqlx's `Any` driver.
+//!
+//! Every state change is one conditional `UPDATE ... WHERE state = <expected>` in a
+//! transaction with its audit row, committed before the caller answers: two racing decisions
+//! on one recommendation cannot both win, and a repeated one changes nothing.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+use utoipa::ToSchema;
+
+use crate::domain::Timestamp;
+
+/// A recommendation's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecState {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved; not applied yet.
+    Approved,
+    /// Rejected by a person.
+    Rejected,
+    /// Not decided before `valid_until`.
+    Expired,
+    /// A newer recommendation for the same workload replaced it while pending.
+    Superseded,
+    /// Applied to the cluster (or published to KEDA).
+    Applied,
+    /// Applying it failed (`outcome` says why).
+    Failed,
+}
+
+impl RecState {
+    /// Every state.
+    pub const ALL: [RecState; 7] = [
+        RecState::Pending,
+        RecState::Approved,
+        RecState::Rejected,
+        RecState::Expired,
+        RecState::Superseded,
+        RecState::Applied,
+        RecState::Failed,
+    ];
+
+    /// Stable name (also the stored value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecState::Pending => "pending",
+            RecState::Approved => "approved",
+            RecState::Rejected => "rejected",
+            RecState::Expired => "expired",
+            RecState::Superseded => "superseded",
+            RecState::Applied => "applied",
+            RecState::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored or query value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Why prescale recommends a change: the policy's reason, as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecommendationReason {
+    /// Policy term that decided (`forecast`, `reactive_floor`, ...).
+    pub term: String,
+    /// Upper-quantile demand at its peak over the lead window.
+    pub forecast_peak: f64,
+    /// When that peak is expected (Unix seconds).
+    pub forecast_peak_at: Option<Timestamp>,
+    /// Quantile of the forecast.
+    pub quantile: f64,
+    /// Lead window (startup plus one loop), seconds.
+    pub lead_seconds: u64,
+    /// Model in use.
+    pub model: String,
+}
+
+/// One recommendation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Recommendation {
+    /// Unique id.
+    pub id: String,
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// Workload name.
+    pub workload: String,
+    /// Replicas when it was made.
+    pub from_replicas: u32,
+    /// Replicas it asks for.
+    pub to_replicas: u32,
+    /// Creation time (Unix seconds).
+    pub created_at: Timestamp,
+    /// It expires if not decided by then (Unix seconds).
+    pub valid_until: Timestamp,
+    /// Lifecycle state.
+    pub state: RecState,
+    /// Why.
+    pub reason: RecommendationReason,
+    /// Who decided (token name, or `prescale:auto` / `prescale:autonomy`).
+    pub decided_by: Option<String>,
+    /// When it was decided.
+    pub decided_at: Option<Timestamp>,
+    /// The decider's comment.
+    pub comment: Option<String>,
+    /// How applying it went (for `applied` and `failed`).
+    pub outcome: Option<String>,
+}
+
+/// One audit entry: who did what to which target, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Unique id.
+    pub id: String,
+    /// Order of writing.
+    pub seq: i64,
+    /// When (Unix seconds).
+    pub at: Timestamp,
+    /// Who (token name or `prescale:*`).
+    pub actor: String,
+    /// What (`approve`, `reject`, `create`, `apply`, `pause`, ...).
+    pub action: String,
+    /// A recommendation id or `namespace/workload`.
+    pub target: String,
+    /// Details (JSON text).
+    pub detail: String,
+}
+
+/// Pause and pin of a workload.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Controls {
+    /// No recommendation is made or applied while paused.
+    pub paused: bool,
+    /// Replicas held until `pinned_until`, whatever the forecast says.
+    pub pinned_replicas: Option<u32>,
+    /// End of the pin (Unix seconds).
+    pub pinned_until: Option<Timestamp>,
+}
+
+/// A minimum number of replicas during a recurring window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Override {
+    /// Unique id.
+    pub id: String,
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// Workload name.
+    pub workload: String,
+    /// Replicas at least, while the window is open.
+    pub min_replicas: u32,
+    /// When windows open: five-field cron (minute hour day-of-month month day-of-week).
+    pub cron: String,
+    /// IANA time zone of the cron expression, e.g. `Europe/Paris`.
+    pub timezone: String,
+    /// How long each window stays open, seconds.
+    pub duration_seconds: u64,
+    /// Creation time (Unix seconds).
+    pub created_at: Timestamp,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the statement.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// No such record.
+    #[error("not found")]
+    NotFound,
+    /// The record is not in a state that allows this (it is `state` now).
+    #[error("recommendation is {} and cannot be changed", .0.as_str())]
+    Conflict(RecState),
+    /// A stored value prescale cannot read.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Every kind.
+    pub const KINDS: [&'static str; 4] = ["unavailable", "not_found", "conflict", "corrupt"];
+
+    /// Bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::NotFound => "not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Unavailable(format!("migration: {e}"))
+    }
+}
+
+/// Filters of a recommendation listing.
+#[derive(Debug, Clone, Default)]
+pub struct RecFilter {
+    /// Only this state.
+    pub state: Option<RecState>,
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this workload (with `namespace`).
+    pub workload: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Rows skipped.
+    pub offset: u32,
+}
+
+/// A new random id (128 bits, hex).
+pub fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+const REC_COLUMNS: &str = "id, namespace, workload, from_replicas, to_replicas, created_at, \
+     valid_until, state, reason, decided_by, decided_at, comment, outcome";
+
+fn rec_from_row(row: &AnyRow) -> Result<Recommendation, StoreError> {
+    let state: String = row.try_get("state")?;
+    let reason: String = row.try_get("reason")?;
+    let replicas = |c: &str| -> Result<u32, StoreError> {
+        let v: i64 = row.try_get(c)?;
+        u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{c} = {v}")))
+    };
+    Ok(Recommendation {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        workload: row.try_get("workload")?,
+        from_replicas: replicas("from_replicas")?,
+        to_replicas: replicas("to_replicas")?,
+        created_at: row.try_get("created_at")?,
+        valid_until: row.try_get("valid_until")?,
+        state: RecState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?,
+        reason: serde_json::from_str(&reason).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        decided_by: row.try_get("decided_by")?,
+        decided_at: row.try_get("decided_at")?,
+        comment: row.try_get("comment")?,
+        outcome: row.try_get("outcome")?,
+    })
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`) and runs the migrations.
+    ///
+    /// # Errors
+    /// The database cannot be opened or migrated.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        // Durable before the API answers: WAL with a sync at every commit.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let migrator = Migrator::with_migrations(vec![Migration::new(
+            1,
+            Cow::Borrowed("review store"),
+            MigrationType::Simple,
+            sqlx::SqlStr::from_static(include_str!("../../migrations/0001_review.sql")),
+            false,
+        )]);
+        migrator.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The SQLite file in `data_dir`.
+    pub fn sqlite_url(data_dir: &std::path::Path) -> String {
+        format!("sqlite://{}", data_dir.join("prescale.db").display())
+    }
+
+    /// Inserts a new pending recommendation (superseding the workload's older pending ones),
+    /// or, with `state` other than pending, one recorded as already decided.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn create(&self, rec: &Recommendation, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let superseded: Vec<String> = sqlx::query(
+            "SELECT id FROM recommendations WHERE namespace = $1 AND workload = $2 AND state = 'pending'",
+        )
+        .bind(&rec.namespace)
+        .bind(&rec.workload)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+        for id in &superseded {
+            sqlx::query("UPDATE recommendations SET state = 'superseded', updated_at = $1 WHERE id = $2 AND state = 'pending'")
+                .bind(rec.created_at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit(
+                &mut tx,
+                rec.created_at,
+                actor,
+                "supersede",
+                id,
+                &format!("{{\"by\":\"{}\"}}", rec.id),
+            )
+            .await?;
+        }
+        let reason =
+            serde_json::to_string(&rec.reason).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO recommendations (id, namespace, workload, from_replicas, to_replicas, created_at, valid_until, state, reason, decided_by, decided_at, comment, outcome, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&rec.id)
+        .bind(&rec.namespace)
+        .bind(&rec.workload)
+        .bind(i64::from(rec.from_replicas))
+        .bind(i64::from(rec.to_replicas))
+        .bind(rec.created_at)
+        .bind(rec.valid_until)
+        .bind(rec.state.as_str())
+        .bind(reason)
+        .bind(rec.decided_by.clone())
+        .bind(rec.decided_at)
+        .bind(rec.comment.clone())
+        .bind(rec.outcome.clone())
+        .bind(rec.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let detail = serde_json::json!({
+            "workload": format!("{}/{}", rec.namespace, rec.workload),
+            "from": rec.from_replicas, "to": rec.to_replicas, "state": rec.state.as_str(),
+        });
+        audit(
+            &mut tx,
+            rec.created_at,
+            actor,
+            "create",
+            &rec.id,
+            &detail.to_string(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One recommendation.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], database errors.
+    pub async fn get(&self, id: &str) -> Result<Recommendation, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REC_COLUMNS} FROM recommendations WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        rec_from_row(&row)
+    }
+
+    /// Moves a pending recommendation to `approved` or `rejected`, durably and with one audit
+    /// entry. Returns it and whether this call changed it: repeating the same decision is a
+    /// no-op (no second audit entry); a different one, or one on an expired, superseded or
+    /// applied recommendation, is [`StoreError::Conflict`].
+    ///
+    /// # Errors
+    /// Not found, conflict, database errors.
+    pub async fn decide(
+        &self,
+        id: &str,
+        to: RecState,
+        actor: &str,
+        comment: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Recommendation, bool), StoreError> {
+        debug_assert!(matches!(to, RecState::Approved | RecState::Rejected));
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE recommendations SET state = $1, decided_by = $2, decided_at = $3, comment = $4, updated_at = $3 \
+             WHERE id = $5 AND state = 'pending' AND valid_until >= $3",
+        )
+        .bind(to.as_str())
+        .bind(actor)
+        .bind(now)
+        .bind(comment.map(str::to_string))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            let action = if to == RecState::Approved {
+                "approve"
+            } else {
+                "reject"
+            };
+            let detail = serde_json::json!({ "comment": comment });
+            audit(&mut tx, now, actor, action, id, &detail.to_string()).await?;
+            tx.commit().await?;
+            return Ok((self.get(id).await?, true));
+        }
+        tx.rollback().await?;
+        let rec = self.get(id).await?;
+        if rec.state == RecState::Pending {
+            // Past valid_until: it expires now, and the decision is refused.
+            self.expire(now).await?;
+            return Err(StoreError::Conflict(RecState::Expired));
+        }
+        // Repeating the decision that won (an approval that was applied since included) is a
+        // no-op; anything else conflicts.
+        let repeated = rec.state == to
+            || (to == RecState::Approved
+                && matches!(rec.state, RecState::Applied | RecState::Failed));
+        if repeated {
+            return Ok((rec, false));
+        }
+        Err(StoreError::Conflict(rec.state))
+    }
+
+    /// Marks every pending recommendation past `valid_until` expired (audited). Returns how
+    /// many.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn expire(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let ids: Vec<String> = sqlx::query(
+            "SELECT id FROM recommendations WHERE state = 'pending' AND valid_until < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+        let mut n = 0;
+        for id in ids {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("UPDATE recommendations SET state = 'expired', updated_at = $1 WHERE id = $2 AND state = 'pending'")
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 1 {
+                audit(&mut tx, now, "prescale", "expire", &id, "{}").await?;
+                n += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(n)
+    }
+
+    /// Records the outcome of applying an approved recommendation, exactly once: `applied` or
+    /// `failed` with `outcome`. Returns false when it was not `approved` (already recorded).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn finish(
+        &self,
+        id: &str,
+        to: RecState,
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        debug_assert!(matches!(to, RecState::Applied | RecState::Failed));
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE recommendations SET state = $1, outcome = $2, updated_at = $3 WHERE id = $4 AND state = 'approved'")
+            .bind(to.as_str())
+            .bind(outcome)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if done {
+            let action = if to == RecState::Applied {
+                "apply"
+            } else {
+                "fail"
+            };
+            let detail = serde_json::json!({ "outcome": outcome });
+            audit(&mut tx, now, "prescale", action, id, &detail.to_string()).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Recommendations, newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list(&self, f: &RecFilter) -> Result<Vec<Recommendation>, StoreError> {
+        let mut sql = format!("SELECT {REC_COLUMNS} FROM recommendations WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.state.is_some() {
+            sql += &format!(" AND state = {}", next());
+        }
+        if f.namespace.is_some() {
+            sql += &format!(" AND namespace = {}", next());
+        }
+        if f.workload.is_some() {
+            sql += &format!(" AND workload = {}", next());
+        }
+        sql += &format!(
+            " ORDER BY created_at DESC, id DESC LIMIT {} OFFSET {}",
+            next(),
+            next()
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(s) = f.state {
+            q = q.bind(s.as_str());
+        }
+        if let Some(ns) = &f.namespace {
+            q = q.bind(ns.clone());
+        }
+        if let Some(w) = &f.workload {
+            q = q.bind(w.clone());
+        }
+        let rows = q
+            .bind(i64::from(f.limit))
+            .bind(i64::from(f.offset))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rec_from_row).collect()
+    }
+
+    /// Approved recommendations not yet applied, oldest first (what to apply, also after a
+    /// restart).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn approved(&self) -> Result<Vec<Recommendation>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REC_COLUMNS} FROM recommendations WHERE state = 'approved' ORDER BY decided_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rec_from_row).collect()
+    }
+
+    /// The newest applied recommendation of each workload (what was last put in place).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn last_applied(
+        &self,
+        namespace: &str,
+        workload: &str,
+    ) -> Result<Option<Recommendation>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REC_COLUMNS} FROM recommendations WHERE namespace = $1 AND workload = $2 AND state = 'applied' \
+             ORDER BY updated_at DESC, id DESC LIMIT 1"
+        )))
+        .bind(namespace)
+        .bind(workload)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rec_from_row).transpose()
+    }
+
+    /// The audit log, newest first; only entries about `target` when given.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn audit_log(
+        &self,
+        target: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let (sql, bind_target) = match target {
+            Some(_) => (
+                "SELECT id, seq, at, actor, action, target, detail FROM audit WHERE target = $1 ORDER BY seq DESC, id DESC LIMIT $2 OFFSET $3",
+                true,
+            ),
+            None => (
+                "SELECT id, seq, at, actor, action, target, detail FROM audit ORDER BY seq DESC, id DESC LIMIT $1 OFFSET $2",
+                false,
+            ),
+        };
+        let mut q = sqlx::query(sql);
+        if bind_target {
+            q = q.bind(target.map(str::to_string));
+        }
+        let rows = q
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A workload's controls (defaults when none were set).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn controls(&self, namespace: &str, workload: &str) -> Result<Controls, StoreError> {
+        let row = sqlx::query("SELECT paused, pinned_replicas, pinned_until FROM controls WHERE namespace = $1 AND workload = $2")
+            .bind(namespace)
+            .bind(workload)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else {
+            return Ok(Controls::default());
+        };
+        let pinned: Option<i64> = r.try_get("pinned_replicas")?;
+        Ok(Controls {
+            paused: r.try_get::<i64, _>("paused")? != 0,
+            pinned_replicas: pinned.and_then(|p| u32::try_from(p).ok()),
+            pinned_until: r.try_get("pinned_until")?,
+        })
+    }
+
+    /// Replaces a workload's controls, audited as `action` by `actor`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn set_controls(
+        &self,
+        namespace: &str,
+        workload: &str,
+        c: &Controls,
+        actor: &str,
+        action: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE controls SET paused = $1, pinned_replicas = $2, pinned_until = $3, updated_at = $4 WHERE namespace = $5 AND workload = $6")
+            .bind(i64::from(c.paused))
+            .bind(c.pinned_replicas.map(i64::from))
+            .bind(c.pinned_until)
+            .bind(now)
+            .bind(namespace)
+            .bind(workload)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            sqlx::query("INSERT INTO controls (namespace, workload, paused, pinned_replicas, pinned_until, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(namespace)
+                .bind(workload)
+                .bind(i64::from(c.paused))
+                .bind(c.pinned_replicas.map(i64::from))
+                .bind(c.pinned_until)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let detail = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        audit(
+            &mut tx,
+            now,
+            actor,
+            action,
+            &format!("{namespace}/{workload}"),
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds a scheduled override (audited).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn add_override(&self, o: &Override, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO overrides (id, namespace, workload, min_replicas, cron, timezone, duration_seconds, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&o.id)
+            .bind(&o.namespace)
+            .bind(&o.workload)
+            .bind(i64::from(o.min_replicas))
+            .bind(&o.cron)
+            .bind(&o.timezone)
+            .bind(i64::try_from(o.duration_seconds).unwrap_or(i64::MAX))
+            .bind(o.created_at)
+            .execute(&mut *tx)
+            .await?;
+        let detail = serde_json::to_string(o).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        audit(
+            &mut tx,
+            o.created_at,
+            actor,
+            "add_override",
+            &format!("{}/{}", o.namespace, o.workload),
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes an override (audited). False when there was none.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delete_override(
+        &self,
+        namespace: &str,
+        workload: &str,
+        id: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n =
+            sqlx::query("DELETE FROM overrides WHERE id = $1 AND namespace = $2 AND workload = $3")
+                .bind(id)
+                .bind(namespace)
+                .bind(workload)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if n == 1 {
+            audit(
+                &mut tx,
+                now,
+                actor,
+                "delete_override",
+                &format!("{namespace}/{workload}"),
+                &format!("{{\"id\":\"{id}\"}}"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// A workload's overrides.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn overrides(
+        &self,
+        namespace: &str,
+        workload: &str,
+    ) -> Result<Vec<Override>, StoreError> {
+        let rows = sqlx::query("SELECT id, namespace, workload, min_replicas, cron, timezone, duration_seconds, created_at FROM overrides WHERE namespace = $1 AND workload = $2 ORDER BY created_at, id")
+            .bind(namespace)
+            .bind(workload)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let min: i64 = r.try_get("min_replicas")?;
+                let dur: i64 = r.try_get("duration_seconds")?;
+                Ok(Override {
+                    id: r.try_get("id")?,
+                    namespace: r.try_get("namespace")?,
+                    workload: r.try_get("workload")?,
+                    min_replicas: u32::try_from(min)
+                        .map_err(|_| StoreError::Corrupt("min_replicas".into()))?,
+                    cron: r.try_get("cron")?,
+                    timezone: r.try_get("timezone")?,
+                    duration_seconds: u64::try_from(dur)
+                        .map_err(|_| StoreError::Corrupt("duration".into()))?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    at: Timestamp,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit (id, seq, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(new_id())
+        .bind(now_micros())
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The review store, one suite run against SQLite (a file, as embedded) and against a real
+//! PostgreSQL server started by the test: lifecycle, idempotent and racing decisions,
+//! expiry, exactly-once outcomes, filters, controls, overrides, durability across reopen.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(clippy::disallowed_methods)] // waiting for the PostgreSQL child
+
+mod common;
+
+use prescale::store::{
+    Controls, Override, RecFilter, RecState, Recommendation, RecommendationReason, Store,
+    StoreError, new_id,
+};
+
+fn rec(workload: &str, to: u32, now: i64) -> Recommendation {
+    Recommendation {
+        id: new_id(),
+        namespace: "shop".into(),
+        workload: workload.into(),
+        from_replicas: 3,
+        to_replicas: to,
+        created_at: now,
+        valid_until: now + 600,
+        state: RecState::Pending,
+        reason: RecommendationReason {
+            term: "forecast".into(),
+            forecast_peak: 412.5,
+            forecast_peak_at: Some(now + 240),
+            quantile: 0.9,
+            lead_seconds: 180,
+            model: "mstl_ets".into(),
+        },
+        decided_by: None,
+        decided_at: None,
+        comment: None,
+        outcome: None,
+    }
+}
+
+async fn audit_count(s: &Store, target: &str, action: &str) -> usize {
+    s.audit_log(Some(target), 1000, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.action == action)
+        .count()
+}
+
+async fn suite(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    let now = 1_800_000_000;
+
+    // Round trip, reason included.
+    let a = rec("web", 5, now);
+    s.create(&a, "prescale").await.unwrap();
+    assert_eq!(s.get(&a.id).await.unwrap(), a);
+    assert!(matches!(s.get("nope").await, Err(StoreError::NotFound)));
+
+    // A newer pending one supersedes it.
+    let b = rec("web", 7, now + 60);
+    s.create(&b, "prescale").await.unwrap();
+    assert_eq!(s.get(&a.id).await.unwrap().state, RecState::Superseded);
+    assert_eq!(audit_count(&s, &a.id, "supersede").await, 1);
+    assert!(matches!(
+        s.decide(&a.id, RecState::Approved, "alice", None, now + 61)
+            .await,
+        Err(StoreError::Conflict(RecState::Superseded))
+    ));
+
+    // Approve: durable, audited once; again: no-op; reject after: conflict.
+    let (r, changed) = s
+        .decide(
+            &b.id,
+            RecState::Approved,
+            "alice",
+            Some("peak at noon"),
+            now + 70,
+        )
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(r.state, RecState::Approved);
+    assert_eq!(r.decided_by.as_deref(), Some("alice"));
+    assert_eq!(r.comment.as_deref(), Some("peak at noon"));
+    let (_, changed) = s
+        .decide(&b.id, RecState::Approved, "alice", None, now + 71)
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(
+        audit_count(&s, &b.id, "approve").await,
+        1,
+        "one audit entry for two approvals"
+    );
+    assert!(matches!(
+        s.decide(&b.id, RecState::Rejected, "bob", None, now + 72)
+            .await,
+        Err(StoreError::Conflict(RecState::Approved))
+    ));
+
+    // Exactly once: applied recorded once; then approving again is still a no-op.
+    assert_eq!(s.approved().await.unwrap().len(), 1);
+    assert!(
+        s.finish(&b.id, RecState::Applied, "scaled 3 -> 7", now + 80)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.finish(&b.id, RecState::Applied, "again", now + 81)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.finish(&b.id, RecState::Failed, "late", now + 81)
+            .await
+            .unwrap()
+    );
+    assert_eq!(audit_count(&s, &b.id, "apply").await, 1);
+    assert!(s.approved().await.unwrap().is_empty());
+    assert_eq!(
+        s.last_applied("shop", "web").await.unwrap().unwrap().id,
+        b.id
+    );
+    assert!(
+        !s.decide(&b.id, RecState::Approved, "alice", None, now + 82)
+            .await
+            .unwrap()
+            .1
+    );
+
+    // Expiry: a decision after valid_until is refused and the recommendation expires.
+    let c = Recommendation {
+        valid_until: now + 100,
+        ..rec("api", 4, now + 90)
+    };
+    s.create(&c, "prescale").await.unwrap();
+    assert!(matches!(
+        s.decide(&c.id, RecState::Approved, "alice", None, now + 101)
+            .await,
+        Err(StoreError::Conflict(RecState::Expired))
+    ));
+    assert_eq!(s.get(&c.id).await.unwrap().state, RecState::Expired);
+    let d = Recommendation {
+        valid_until: now + 100,
+        ..rec("db", 4, now + 90)
+    };
+    s.create(&d, "prescale").await.unwrap();
+    assert_eq!(s.expire(now + 200).await.unwrap(), 1);
+    assert_eq!(s.expire(now + 300).await.unwrap(), 0);
+
+    // Racing approve and reject on fresh recommendations: exactly one wins each time.
+    for round in 0..10 {
+        let r = rec(&format!("race{round}"), 9, now + 400);
+        s.create(&r, "prescale").await.unwrap();
+        let (x, y) = tokio::join!(
+            s.decide(&r.id, RecState::Approved, "alice", None, now + 401),
+            s.decide(&r.id, RecState::Rejected, "bob", None, now + 401),
+        );
+        let wins = [&x, &y]
+            .iter()
+            .filter(|o| matches!(o, Ok((_, true))))
+            .count();
+        let conflicts = [&x, &y]
+            .iter()
+            .filter(|o| matches!(o, Err(StoreError::Conflict(_))))
+            .count();
+        assert_eq!((wins, conflicts), (1, 1), "round {round}: {x:?} / {y:?}");
+        let state = s.get(&r.id).await.unwrap().state;
+        let winner = if matches!(x, Ok((_, true))) {
+            RecState::Approved
+        } else {
+            RecState::Rejected
+        };
+        assert_eq!(state, winner);
+        let decisions =
+            audit_count(&s, &r.id, "approve").await + audit_count(&s, &r.id, "reject").await;
+        assert_eq!(decisions, 1);
+    }
+
+    // Filters and paging.
+    let all = s
+        .list(&RecFilter {
+            limit: 100,
+            ..RecFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 14);
+    assert!(
+        all.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "newest first"
+    );
+    let pending_web = RecFilter {
+        state: Some(RecState::Expired),
+        namespace: Some("shop".into()),
+        workload: Some("api".into()),
+        limit: 10,
+        offset: 0,
+    };
+    let got = s.list(&pending_web).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, c.id);
+    let page = s
+        .list(&RecFilter {
+            limit: 5,
+            offset: 5,
+            ..RecFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, all[5..10].to_vec());
+
+    // Controls and overrides, audited.
+    assert_eq!(
+        s.controls("shop", "web").await.unwrap(),
+        Controls::default()
+    );
+    let pin = Controls {
+        paused: false,
+        pinned_replicas: Some(12),
+        pinned_until: Some(now + 3600),
+    };
+    s.set_controls("shop", "web", &pin, "carol", "pin", now)
+        .await
+        .unwrap();
+    let paused = Controls {
+        paused: true,
+        ..pin.clone()
+    };
+    s.set_controls("shop", "web", &paused, "carol", "pause", now + 1)
+        .await
+        .unwrap();
+    assert_eq!(s.controls("shop", "web").await.unwrap(), paused);
+    assert_eq!(audit_count(&s, "shop/web", "pause").await, 1);
+    let o = Override {
+        id: new_id(),
+        namespace: "shop".into(),
+        workload: "web".into(),
+        min_replicas: 10,
+        cron: "0 9 * * 1-5".into(),
+        timezone: "Europe/Paris".into(),
+        duration_seconds: 3600,
+        created_at: now,
+    };
+    s.add_override(&o, "carol").await.unwrap();
+    assert_eq!(s.overrides("shop", "web").await.unwrap(), vec![o.clone()]);
+    assert!(
+        s.delete_override("shop", "web", &o.id, "carol", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.delete_override("shop", "web", &o.id, "carol", now)
+            .await
+            .unwrap()
+    );
+    assert!(s.overrides("shop", "web").await.unwrap().is_empty());
+
+    // Reopen (migrations are idempotent); everything is still there.
+    drop(s);
+    let s = Store::open(url).await.unwrap();
+    assert_eq!(s.get(&b.id).await.unwrap().state, RecState::Applied);
+    assert_eq!(s.controls("shop", "web").await.unwrap(), paused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(&Store::sqlite_url(dir.path())).await;
+    assert!(dir.path().join("prescale.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    let pg = common::Postgres::start();
+    suite(&pg.url).await;
+}
