@@ -22,6 +22,23 @@ use crate::metrics::{
     TermLabels, WorkloadLabels,
 };
 use crate::policy::{Observation, PolicyConfig, PredictivePolicy, ScalingPolicy};
+use crate::store::{
+    Controls, RecState, Recommendation, RecommendationReason, Store, StoreError, new_id,
+};
+
+/// Who approved a change that `auto_approve_scale_up_percent` let through.
+pub const AUTONOMY: &str = "prescale:autonomy";
+/// Who applied a change in `auto` mode.
+pub const AUTO: &str = "prescale:auto";
+
+/// What one workload's pass asks the async part of the loop to do.
+#[derive(Default)]
+struct Step {
+    /// A `/scale` write: target, desired replicas, limits.
+    apply: Option<(Target, u32, Limits)>,
+    /// A recommendation to record.
+    propose: Option<Recommendation>,
+}
 
 /// A workload's visible state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +107,9 @@ pub struct WorkloadView {
     /// The last `/scale` actuator failure, if the last attempt failed.
     #[serde(default)]
     pub actuator_error: Option<String>,
+    /// Paused through the API: nothing is proposed or applied.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A forecast as the API and the snapshot carry it.
@@ -164,7 +184,12 @@ struct Runtime {
     next_attempt: Option<std::time::Instant>,
     /// When `/scale` was last read successfully.
     last_read: Option<std::time::Instant>,
+    /// Replicas of the last recommendation made (recommend mode), so one wish is proposed once.
+    proposed: Option<u32>,
 }
+
+/// Forecasts `steps` ahead for a workload (`namespace/name`), on demand.
+pub type ForecastFn = Box<dyn Fn(&str, usize) -> Option<Forecast> + Send + Sync>;
 
 /// State shared by the loop and the HTTP server.
 pub struct Shared {
@@ -176,6 +201,23 @@ pub struct Shared {
     pub ready: std::sync::atomic::AtomicBool,
     /// What the KEDA endpoints serve.
     pub board: Arc<Board>,
+    /// The review store, once attached.
+    pub store: std::sync::OnceLock<Store>,
+    /// Pause and pin per workload (`namespace/name`), mirrored from the store.
+    pub controls: RwLock<std::collections::HashMap<String, Controls>>,
+    /// Forecasts on demand for the API: (`namespace/name`, steps) to the forecast.
+    pub forecaster: std::sync::OnceLock<ForecastFn>,
+}
+
+impl Shared {
+    /// A workload's controls (defaults when none were set).
+    pub fn controls_of(&self, key: &str) -> Controls {
+        self.controls
+            .read()
+            .ok()
+            .and_then(|c| c.get(key).cloned())
+            .unwrap_or_default()
+    }
 }
 
 /// The service.
@@ -255,6 +297,9 @@ impl Service {
             board: Arc::new(Board::new(
                 cfg.keda.stale_after(cfg.loop_.interval.max(tick)),
             )),
+            store: std::sync::OnceLock::new(),
+            controls: RwLock::new(std::collections::HashMap::new()),
+            forecaster: std::sync::OnceLock::new(),
         });
         shared
             .metrics
@@ -266,6 +311,7 @@ impl Service {
             .map(|k| ("collector", *k))
             .chain(ForecastError::KINDS.iter().map(|k| ("forecast", *k)))
             .chain(ActuateError::KINDS.iter().map(|k| ("actuator", *k)))
+            .chain(StoreError::KINDS.iter().map(|k| ("store", *k)))
             .chain(std::iter::once(("store", "snapshot")));
         for (stage, kind) in kinds {
             let _ = shared
@@ -306,6 +352,7 @@ impl Service {
                 forecast: None,
                 actuator: w.actuator,
                 actuator_error: None,
+                paused: false,
             };
             let publication = Publication {
                 unavailable: Some("no data yet".to_string()),
@@ -333,9 +380,21 @@ impl Service {
                 publication,
                 next_attempt: None,
                 last_read: None,
+                proposed: None,
                 cfg: w.clone(),
             })));
         }
+        let by_key: std::collections::HashMap<String, Arc<Mutex<Runtime>>> = runtimes
+            .iter()
+            .filter_map(|rt| rt.lock().ok().map(|r| (r.cfg.key(), rt.clone())))
+            .collect();
+        let _ = shared
+            .forecaster
+            .set(Box::new(move |key: &str, steps: usize| {
+                let rt = by_key.get(key)?;
+                let mut rt = rt.lock().ok()?;
+                rt.engine.forecast(steps).ok()
+            }));
         Ok(Self {
             cfg,
             source,
@@ -450,25 +509,38 @@ impl Service {
                     };
                     // Fitting is CPU-bound: keep it off the async workers.
                     let rt2 = rt.clone();
-                    let metrics = shared.clone();
-                    let to_apply = tokio::task::spawn_blocking(move || {
-                        rt2.lock()
-                            .ok()
-                            .and_then(|mut r| r.process(fetched, now, &metrics.metrics))
+                    let shared2 = shared.clone();
+                    let step = tokio::task::spawn_blocking(move || {
+                        let Ok(mut r) = rt2.lock() else {
+                            return Step::default();
+                        };
+                        let controls = shared2.controls_of(&r.cfg.key());
+                        r.process(fetched, now, &shared2.metrics, &controls)
                     })
                     .await
-                    .ok()
-                    .flatten();
-                    if let Some((target, desired, limits)) = to_apply {
+                    .unwrap_or_default();
+                    if let Some(rec) = step.propose {
+                        propose(&rt, &shared, &rec).await;
+                    }
+                    if let Some((target, desired, limits)) = step.apply {
                         let outcome = match &actuator {
-                            Some(a) => a.apply(&target, desired, limits).await,
-                            None => Err(ActuateError::Rejected(
-                                "no Kubernetes client: the /scale actuator is not configured"
-                                    .to_string(),
-                            )),
+                            Some(a) => a.apply(&target, desired, limits, None).await,
+                            None => Err(no_kube()),
                         };
-                        if let Ok(mut r) = rt.lock() {
+                        let applied = outcome.as_ref().ok().copied();
+                        let reason = rt.lock().ok().map(|mut r| {
                             r.record_apply(outcome, &shared.metrics);
+                            r.publication.clone()
+                        });
+                        // auto mode records what it applied, like an approved recommendation.
+                        if let (Some(a), Some(store), Some(p)) =
+                            (applied.filter(|a| a.written), shared.store.get(), reason)
+                        {
+                            let rec = applied_record(&target, a, &p, now);
+                            if let Err(e) = store.create(&rec, AUTO).await {
+                                tracing::warn!(error = %e, "Could not record an applied change");
+                                count(&shared.metrics, "store", e.kind());
+                            }
                         }
                     }
                 }
@@ -478,6 +550,7 @@ impl Service {
             .buffer_unordered(self.cfg.loop_.concurrency)
             .collect::<Vec<()>>()
             .await;
+        self.apply_approved(now).await;
         self.publish_views();
         self.snapshot(false);
         self.shared
@@ -487,6 +560,130 @@ impl Service {
         self.shared
             .ready
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Attaches the review store: loads every workload's controls and, for `recommend`
+    /// workloads, what was last applied (so a restart publishes it again).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn attach_store(&self, store: Store) -> anyhow::Result<()> {
+        let mut controls = std::collections::HashMap::new();
+        for rt in &self.runtimes {
+            let (ns, name, mode) = match rt.lock() {
+                Ok(r) => (r.cfg.namespace.clone(), r.cfg.name.clone(), r.cfg.mode),
+                Err(_) => continue,
+            };
+            controls.insert(format!("{ns}/{name}"), store.controls(&ns, &name).await?);
+            if mode == Mode::Recommend
+                && let Some(last) = store.last_applied(&ns, &name).await?
+                && let Ok(mut r) = rt.lock()
+            {
+                r.current = Some(last.to_replicas);
+            }
+        }
+        if let Ok(mut c) = self.shared.controls.write() {
+            *c = controls;
+        }
+        let _ = self.shared.store.set(store);
+        Ok(())
+    }
+
+    fn runtime(&self, key: &str) -> Option<&Arc<Mutex<Runtime>>> {
+        self.runtimes
+            .iter()
+            .find(|rt| rt.lock().is_ok_and(|r| r.cfg.key() == key))
+    }
+
+    /// Expires stale recommendations and applies the approved ones, each exactly once: the
+    /// outcome is recorded with a conditional update, and a re-run after a crash re-reads
+    /// `/scale` first (already at the target: recorded as applied, nothing written).
+    async fn apply_approved(&self, now: Timestamp) {
+        let Some(store) = self.shared.store.get() else {
+            return;
+        };
+        if let Err(e) = store.expire(now).await {
+            count(&self.shared.metrics, "store", e.kind());
+        }
+        let approved = match store.approved().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read approved recommendations");
+                count(&self.shared.metrics, "store", e.kind());
+                return;
+            }
+        };
+        for rec in approved {
+            let key = format!("{}/{}", rec.namespace, rec.workload);
+            let Some(rt) = self.runtime(&key) else {
+                let _ = store
+                    .finish(
+                        &rec.id,
+                        RecState::Failed,
+                        "target_gone: not in the config",
+                        now,
+                    )
+                    .await;
+                continue;
+            };
+            if self.shared.controls_of(&key).paused {
+                continue;
+            }
+            let (kind, target, limits, previous) = match rt.lock() {
+                Ok(r) => (r.cfg.actuator, r.target(), r.limits(), r.current),
+                Err(_) => continue,
+            };
+            let outcome = match (kind, &self.actuator) {
+                (ActuatorKind::Scale, Some(a)) => {
+                    a.apply(&target, rec.to_replicas, limits, Some(rec.from_replicas))
+                        .await
+                }
+                (ActuatorKind::Scale, None) => Err(no_kube()),
+                (ActuatorKind::Keda, _) => Ok(Applied {
+                    previous: previous.unwrap_or(rec.from_replicas),
+                    replicas: limits.clamp(rec.to_replicas, rec.to_replicas),
+                    written: true,
+                }),
+            };
+            let (state, detail) = match &outcome {
+                Ok(a) => {
+                    if let Ok(mut r) = rt.lock() {
+                        r.current = Some(a.replicas);
+                        r.view.current_replicas = Some(a.replicas);
+                        r.proposed = None;
+                        r.publication.desired_replicas = a.replicas;
+                        if r.publication.unavailable.as_deref()
+                            == Some("no recommendation approved and applied yet")
+                        {
+                            r.publication.unavailable = None;
+                        }
+                    }
+                    let how = if kind == ActuatorKind::Keda {
+                        "published to KEDA"
+                    } else {
+                        "scaled"
+                    };
+                    (
+                        RecState::Applied,
+                        format!("{how} {} -> {}", a.previous, a.replicas),
+                    )
+                }
+                // Transient, or someone else's turn: stays approved, tried again next loop.
+                Err(
+                    ActuateError::NotLeader
+                    | ActuateError::Throttled { .. }
+                    | ActuateError::Unavailable(_),
+                ) => continue,
+                Err(e) => (RecState::Failed, format!("{}: {e}", e.kind())),
+            };
+            match store.finish(&rec.id, state, &detail, now).await {
+                Ok(true) => {
+                    tracing::info!(id = %rec.id, workload = %key, %detail, "Recommendation done")
+                }
+                Ok(false) => {}
+                Err(e) => count(&self.shared.metrics, "store", e.kind()),
+            }
+        }
     }
 
     /// Writes the snapshot when the last one is older than [`SNAPSHOT_EVERY`] (or always,
@@ -539,7 +736,8 @@ impl Runtime {
         fetched: Result<Vec<Sample>, CollectError>,
         now: Timestamp,
         metrics: &Metrics,
-    ) -> Option<(Target, u32, Limits)> {
+        controls: &Controls,
+    ) -> Step {
         let w = self.labels.clone();
         let demand = match fetched {
             Ok(samples) => {
@@ -596,28 +794,56 @@ impl Runtime {
             ready_replicas: current,
             forecast: forecast.as_ref(),
         });
-        // Without the /scale actuator, what was decided is taken as applied (KEDA's HPA lands
-        // on it; observe mode is a dry run). With it, only what the API confirmed counts.
-        if !self.scales_directly() {
-            self.current = Some(decision.desired_replicas);
+        // A pin replaces the policy's answer until it ends (min/max still hold).
+        let pc = self.policy.config();
+        let pinned = controls
+            .pinned_replicas
+            .filter(|_| controls.pinned_until.is_some_and(|u| u > now))
+            .map(|p| p.clamp(pc.min_replicas, pc.max_replicas));
+        let desired = pinned.unwrap_or(decision.desired_replicas);
+        let term = if pinned.is_some() {
+            "pinned"
+        } else {
+            decision.reason.term.as_str()
+        };
+        let limits = Limits {
+            min_replicas: pc.min_replicas,
+            max_replicas: pc.max_replicas,
+            max_step_up: pc.max_step_up,
+            max_step_down: pc.max_step_down,
+        };
+        let acts = !controls.paused;
+        // What counts as applied: without the /scale actuator in auto mode, what was decided
+        // (KEDA's HPA lands on it; observe mode is a dry run); with it, only what the API
+        // confirmed; in recommend mode, only what was approved and applied. Paused: held.
+        match self.cfg.mode {
+            Mode::Observe => self.current = Some(desired),
+            Mode::Auto if !self.scales_directly() && acts => self.current = Some(desired),
+            _ => {}
         }
+        let published = match self.cfg.mode {
+            Mode::Recommend => self.current,
+            _ => self.current.or(Some(desired)),
+        };
         self.publication = Publication {
             mode: self.cfg.mode,
-            desired_replicas: decision.desired_replicas,
+            desired_replicas: published.unwrap_or(desired),
             demand,
             forecast_peak: forecast.as_ref().map(|_| decision.reason.forecast_peak),
             forecast_peak_at: decision.reason.forecast_peak_at,
             quantile: forecast.as_ref().map(|f| f.quantile),
             sample_at: self.last_sample,
-            unavailable: if demand.is_some() {
-                None
-            } else {
+            unavailable: if demand.is_none() {
                 Some(
                     self.view
                         .reason
                         .clone()
                         .unwrap_or_else(|| "no data".to_string()),
                 )
+            } else if published.is_none() {
+                Some("no recommendation approved and applied yet".to_string())
+            } else {
+                None
             },
             refreshed: if demand.is_some() {
                 Some(std::time::Instant::now())
@@ -632,9 +858,10 @@ impl Runtime {
                 Some(_) => WorkloadState::Healthy,
             };
         }
-        self.view.desired_replicas = Some(decision.desired_replicas);
+        self.view.desired_replicas = Some(desired);
         self.view.current_replicas = self.current;
-        self.view.term = Some(decision.reason.term.as_str().to_string());
+        self.view.term = Some(term.to_string());
+        self.view.paused = controls.paused;
         let status = self.engine.status();
         self.view.model = Some(status.model.to_string());
         if let Some(f) = &forecast {
@@ -645,20 +872,19 @@ impl Runtime {
         if let Some(d) = demand {
             metrics.demand.get_or_create(&w).set(d);
         }
-        metrics
-            .desired
-            .get_or_create(&w)
-            .set(i64::from(decision.desired_replicas));
+        metrics.desired.get_or_create(&w).set(i64::from(desired));
         if let Some(c) = self.current {
             metrics.current.get_or_create(&w).set(i64::from(c));
         }
-        let terms: Vec<&str> = TERMS.iter().map(|t| t.as_str()).collect();
-        Metrics::one_hot(&metrics.term, &terms, decision.reason.term.as_str(), |v| {
-            TermLabels {
-                namespace: w.namespace.clone(),
-                workload: w.workload.clone(),
-                term: v.to_string(),
-            }
+        let terms: Vec<&str> = TERMS
+            .iter()
+            .map(|t| t.as_str())
+            .chain(std::iter::once("pinned"))
+            .collect();
+        Metrics::one_hot(&metrics.term, &terms, term, |v| TermLabels {
+            namespace: w.namespace.clone(),
+            workload: w.workload.clone(),
+            term: v.to_string(),
         });
         let models: Vec<&str> = MODELS.iter().map(|m| m.as_str()).collect();
         Metrics::one_hot(&metrics.model, &models, status.model, |v| ModelLabels {
@@ -708,30 +934,89 @@ impl Runtime {
             }
         }
 
-        // Missing data never moves a directly scaled workload: it is held as it is.
-        let due = self
-            .next_attempt
-            .is_none_or(|t| std::time::Instant::now() >= t);
-        let needed = self.current != Some(decision.desired_replicas)
-            || self.last_read.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
-        if !(self.scales_directly() && demand.is_some() && due && needed) {
-            return None;
+        let mut step = Step::default();
+        // Missing data never moves a workload: nothing is proposed or applied without it.
+        if demand.is_none() || !acts {
+            return step;
         }
+        match self.cfg.mode {
+            Mode::Auto if self.scales_directly() => {
+                let due = self
+                    .next_attempt
+                    .is_none_or(|t| std::time::Instant::now() >= t);
+                let needed = self.current != Some(desired)
+                    || self.last_read.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
+                if due && needed {
+                    step.apply = Some((self.target(), desired, limits));
+                }
+            }
+            Mode::Recommend if self.current != Some(desired) && self.proposed != Some(desired) => {
+                self.proposed = Some(desired);
+                step.propose = Some(self.recommendation(&decision, desired, term, now));
+            }
+            Mode::Recommend if self.current == Some(desired) => self.proposed = None,
+            _ => {}
+        }
+        step
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            namespace: self.cfg.namespace.clone(),
+            name: self.cfg.name.clone(),
+            kind: self.cfg.kind,
+        }
+    }
+
+    fn limits(&self) -> Limits {
         let pc = self.policy.config();
-        Some((
-            Target {
-                namespace: self.cfg.namespace.clone(),
-                name: self.cfg.name.clone(),
-                kind: self.cfg.kind,
+        Limits {
+            min_replicas: pc.min_replicas,
+            max_replicas: pc.max_replicas,
+            max_step_up: pc.max_step_up,
+            max_step_down: pc.max_step_down,
+        }
+    }
+
+    /// A recommendation for `desired`: pending, or approved at once when it is a scale-up
+    /// within `auto_approve_scale_up_percent`.
+    fn recommendation(
+        &self,
+        d: &Decision,
+        desired: u32,
+        term: &str,
+        now: Timestamp,
+    ) -> Recommendation {
+        let from = self.current.unwrap_or(self.cfg.min_replicas);
+        let autonomous = self.cfg.auto_approve_scale_up_percent.is_some_and(|pct| {
+            desired > from && f64::from(desired - from) <= pct / 100.0 * f64::from(from.max(1))
+        });
+        Recommendation {
+            id: new_id(),
+            namespace: self.cfg.namespace.clone(),
+            workload: self.cfg.name.clone(),
+            from_replicas: from,
+            to_replicas: desired,
+            created_at: now,
+            valid_until: now + self.cfg.recommendation_ttl.as_secs() as i64,
+            state: if autonomous {
+                RecState::Approved
+            } else {
+                RecState::Pending
             },
-            decision.desired_replicas,
-            Limits {
-                min_replicas: pc.min_replicas,
-                max_replicas: pc.max_replicas,
-                max_step_up: pc.max_step_up,
-                max_step_down: pc.max_step_down,
+            reason: RecommendationReason {
+                term: term.to_string(),
+                forecast_peak: d.reason.forecast_peak,
+                forecast_peak_at: d.reason.forecast_peak_at,
+                quantile: d.reason.quantile,
+                lead_seconds: d.reason.lead_seconds,
+                model: d.reason.model.to_string(),
             },
-        ))
+            decided_by: autonomous.then(|| AUTONOMY.to_string()),
+            decided_at: autonomous.then_some(now),
+            comment: None,
+            outcome: None,
+        }
     }
 
     /// Records what the `/scale` actuator did.
@@ -788,6 +1073,52 @@ impl Runtime {
 
     fn engine_step(&self) -> u64 {
         self.engine.step()
+    }
+}
+
+fn no_kube() -> ActuateError {
+    ActuateError::Rejected(
+        "no Kubernetes client: the /scale actuator is not configured".to_string(),
+    )
+}
+
+/// Records a recommendation (recommend mode); on failure the wish is proposed again next loop.
+async fn propose(rt: &Arc<Mutex<Runtime>>, shared: &Shared, rec: &Recommendation) {
+    let Some(store) = shared.store.get() else {
+        return;
+    };
+    if let Err(e) = store.create(rec, "prescale").await {
+        tracing::warn!(error = %e, "Could not record a recommendation");
+        count(&shared.metrics, "store", e.kind());
+        if let Ok(mut r) = rt.lock() {
+            r.proposed = None;
+        }
+    }
+}
+
+/// The record of a change `auto` mode applied.
+fn applied_record(t: &Target, a: Applied, p: &Publication, now: Timestamp) -> Recommendation {
+    Recommendation {
+        id: new_id(),
+        namespace: t.namespace.clone(),
+        workload: t.name.clone(),
+        from_replicas: a.previous,
+        to_replicas: a.replicas,
+        created_at: now,
+        valid_until: now,
+        state: RecState::Applied,
+        reason: RecommendationReason {
+            term: "auto".to_string(),
+            forecast_peak: p.forecast_peak.unwrap_or(0.0),
+            forecast_peak_at: p.forecast_peak_at,
+            quantile: p.quantile.unwrap_or(0.0),
+            lead_seconds: 0,
+            model: String::new(),
+        },
+        decided_by: Some(AUTO.to_string()),
+        decided_at: Some(now),
+        comment: None,
+        outcome: Some(format!("scaled {} -> {}", a.previous, a.replicas)),
     }
 }
 

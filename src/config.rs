@@ -20,6 +20,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PRESCALE_LISTEN_HTTP", "listen.http"),
     ("PRESCALE_LISTEN_GRPC", "listen.grpc"),
     ("PRESCALE_LOG_FORMAT", "log_format"),
+    ("PRESCALE_STORE_URL", "store.url"),
 ];
 
 /// The whole configuration.
@@ -47,6 +48,12 @@ pub struct Config {
     /// The Kubernetes API, used by workloads with `actuator: scale`.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// The review API: tokens and request limits.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Where recommendations, decisions and the audit log are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The workloads prescale forecasts and scales.
     pub workloads: Vec<WorkloadConfig>,
 }
@@ -116,6 +123,34 @@ pub struct ListenConfig {
     /// gRPC server (KEDA external scaler).
     #[serde(default = "default_grpc")]
     pub grpc: SocketAddr,
+}
+
+/// The review API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// YAML file (or mounted Secret) listing the API tokens:
+    /// `- {name: alice, role: approver, token: "..."}`; roles are `viewer` (read),
+    /// `approver` (also approve and reject), `admin` (also pause, pin and overrides). Read
+    /// at start. Unset: reads are open and every write is refused (401).
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Largest request body accepted, bytes (413 above).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest `limit` of a listing (422 above).
+    #[serde(default = "default_max_page_size")]
+    pub max_page_size: u32,
+}
+
+/// The review store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Database URL. Unset: the SQLite file `prescale.db` in `data_dir` (one replica).
+    /// `postgres://user@host/db` when several replicas of prescale run.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// The KEDA endpoints.
@@ -291,6 +326,14 @@ pub struct WorkloadConfig {
     /// `auto` mode only).
     #[serde(default)]
     pub actuator: ActuatorKind,
+    /// `recommend` mode: how long a recommendation waits for a decision before it expires.
+    #[serde(default = "default_recommendation_ttl", with = "humantime_serde")]
+    pub recommendation_ttl: Duration,
+    /// `recommend` mode: scale-ups of at most this many percent are applied without waiting
+    /// (recorded as approved by `prescale:autonomy`); larger jumps and every scale-down wait
+    /// for a person. Unset: every change waits.
+    #[serde(default)]
+    pub auto_approve_scale_up_percent: Option<f64>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -319,6 +362,15 @@ fn default_http() -> SocketAddr {
 }
 fn default_grpc() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_page_size() -> u32 {
+    200
+}
+fn default_recommendation_ttl() -> Duration {
+    Duration::from_secs(1800)
 }
 fn default_max_message_bytes() -> usize {
     64 * 1024
@@ -357,6 +409,16 @@ impl Default for LoopConfig {
             interval: default_interval(),
             history: default_history(),
             concurrency: default_concurrency(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            tokens_file: None,
+            max_body_bytes: default_max_body_bytes(),
+            max_page_size: default_max_page_size(),
         }
     }
 }
@@ -536,6 +598,7 @@ impl Config {
             match field {
                 "prometheus.url" => self.prometheus.url = v,
                 "data_dir" => self.data_dir = PathBuf::from(v),
+                "store.url" => self.store.url = Some(v),
                 "listen.http" => self.listen.http = v.parse().map_err(|e| bad(format!("{e}")))?,
                 "listen.grpc" => self.listen.grpc = v.parse().map_err(|e| bad(format!("{e}")))?,
                 "log_format" => {
@@ -640,6 +703,22 @@ impl Config {
                 return Err(invalid("kubernetes.lease.duration", "must be at least 3s"));
             }
         }
+        if !(256..=16 * 1024 * 1024).contains(&self.api.max_body_bytes) {
+            return Err(invalid("api.max_body_bytes", "must be in 256..=16 MiB"));
+        }
+        if !(1..=10_000).contains(&self.api.max_page_size) {
+            return Err(invalid("api.max_page_size", "must be in 1..=10000"));
+        }
+        if let Some(url) = &self.store.url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
         if self.workloads.is_empty() {
             return Err(invalid("workloads", "must list at least one workload"));
         }
@@ -691,6 +770,17 @@ impl Config {
                 return Err(invalid(f("quantile"), "must be in (0.5, 0.999)"));
             }
             ModelPreset::load(&w.model).map_err(|e| invalid(f("model"), e.to_string()))?;
+            if w.recommendation_ttl < Duration::from_secs(60) {
+                return Err(invalid(f("recommendation_ttl"), "must be at least 1m"));
+            }
+            if let Some(p) = w.auto_approve_scale_up_percent
+                && !(p.is_finite() && p >= 0.0)
+            {
+                return Err(invalid(
+                    f("auto_approve_scale_up_percent"),
+                    "must be a non-negative number",
+                ));
+            }
         }
         Ok(())
     }

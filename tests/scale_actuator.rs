@@ -443,11 +443,11 @@ fn scale_requests(world: &Shared, method: Method) -> usize {
 #[tokio::test]
 async fn writes_with_the_read_resource_version_and_only_when_needed() {
     let (world, act) = setup(3).await;
-    let a = act.apply(&web(), 5, LIMITS).await.unwrap();
+    let a = act.apply(&web(), 5, LIMITS, None).await.unwrap();
     assert_eq!((a.previous, a.replicas, a.written), (3, 5, true));
     assert_eq!(replicas(&world, "deployments", "web"), 5);
     // Same desired again: a read, no write.
-    let a = act.apply(&web(), 5, LIMITS).await.unwrap();
+    let a = act.apply(&web(), 5, LIMITS, None).await.unwrap();
     assert!(!a.written);
     assert_eq!(world.lock().unwrap().scale_writes, 1);
     // StatefulSets use their own path.
@@ -456,7 +456,7 @@ async fn writes_with_the_read_resource_version_and_only_when_needed() {
         kind: WorkloadKind::StatefulSet,
         ..web()
     };
-    act.apply(&db, 7, LIMITS).await.unwrap();
+    act.apply(&db, 7, LIMITS, None).await.unwrap();
     assert_eq!(replicas(&world, "statefulsets", "db"), 7);
 }
 
@@ -469,8 +469,14 @@ async fn min_max_and_step_are_honoured_against_observed_replicas() {
         max_step_up: Some(4),
         max_step_down: Some(2),
     };
-    assert_eq!(act.apply(&web(), 100, limits).await.unwrap().replicas, 14);
-    assert_eq!(act.apply(&web(), 0, limits).await.unwrap().replicas, 12);
+    assert_eq!(
+        act.apply(&web(), 100, limits, None).await.unwrap().replicas,
+        14
+    );
+    assert_eq!(
+        act.apply(&web(), 0, limits, None).await.unwrap().replicas,
+        12
+    );
     assert_eq!(replicas(&world, "deployments", "web"), 12);
 }
 
@@ -489,7 +495,7 @@ async fn a_conflict_rereads_and_redecides() {
         max_step_down: Some(1),
         ..LIMITS
     };
-    let a = act.apply(&web(), 5, limits).await.unwrap();
+    let a = act.apply(&web(), 5, limits, None).await.unwrap();
     assert_eq!(
         (a.previous, a.replicas),
         (9, 8),
@@ -509,7 +515,7 @@ async fn endless_conflicts_give_up_without_writing() {
         times: usize::MAX,
         action: Action::Status(409, "Conflict", None),
     });
-    let e = act.apply(&web(), 5, LIMITS).await.unwrap_err();
+    let e = act.apply(&web(), 5, LIMITS, None).await.unwrap_err();
     assert_eq!(e.kind(), "conflict");
     assert_eq!(scale_requests(&world, Method::PUT), 4, "bounded retries");
     assert_eq!(replicas(&world, "deployments", "web"), 3);
@@ -525,7 +531,7 @@ async fn forbidden_and_gone_are_not_retried() {
         action: Action::Status(403, "Forbidden", None),
     });
     assert_eq!(
-        act.apply(&web(), 5, LIMITS).await.unwrap_err().kind(),
+        act.apply(&web(), 5, LIMITS, None).await.unwrap_err().kind(),
         "forbidden"
     );
     assert_eq!(
@@ -538,7 +544,7 @@ async fn forbidden_and_gone_are_not_retried() {
         ..web()
     };
     assert_eq!(
-        act.apply(&gone, 5, LIMITS).await.unwrap_err().kind(),
+        act.apply(&gone, 5, LIMITS, None).await.unwrap_err().kind(),
         "target_gone"
     );
     assert_eq!(scale_requests(&world, Method::PUT), 0);
@@ -553,7 +559,7 @@ async fn throttling_honours_retry_after() {
         times: 1,
         action: Action::Status(429, "TooManyRequests", Some(2)),
     });
-    match act.apply(&web(), 5, LIMITS).await {
+    match act.apply(&web(), 5, LIMITS, None).await {
         Err(ActuateError::Throttled { retry_after }) => {
             assert!(retry_after >= Duration::from_secs(2))
         }
@@ -562,12 +568,12 @@ async fn throttling_honours_retry_after() {
     let before = world.lock().unwrap().log.len();
     // Within Retry-After nothing is sent at all.
     assert_eq!(
-        act.apply(&web(), 5, LIMITS).await.unwrap_err().kind(),
+        act.apply(&web(), 5, LIMITS, None).await.unwrap_err().kind(),
         "throttled"
     );
     assert_eq!(world.lock().unwrap().log.len(), before);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(act.apply(&web(), 5, LIMITS).await.unwrap().written);
+    assert!(act.apply(&web(), 5, LIMITS, None).await.unwrap().written);
 }
 
 #[tokio::test]
@@ -580,7 +586,7 @@ async fn server_errors_and_hangs_are_retried_within_a_budget() {
         action: Action::Status(503, "ServiceUnavailable", None),
     });
     assert!(
-        act.apply(&web(), 5, LIMITS).await.unwrap().written,
+        act.apply(&web(), 5, LIMITS, None).await.unwrap().written,
         "one 503 is retried"
     );
 
@@ -591,7 +597,7 @@ async fn server_errors_and_hangs_are_retried_within_a_budget() {
         action: Action::Hang(Duration::from_secs(5)),
     });
     let t = Instant::now();
-    let e = act.apply(&web(), 6, LIMITS).await.unwrap_err();
+    let e = act.apply(&web(), 6, LIMITS, None).await.unwrap_err();
     assert_eq!(e.kind(), "unavailable");
     assert!(
         t.elapsed() < Duration::from_secs(4),
@@ -610,14 +616,14 @@ async fn another_autoscaler_means_hands_off() {
         "Deployment".into(),
         "web".into(),
     ));
-    let e = act.apply(&web(), 5, LIMITS).await.unwrap_err();
+    let e = act.apply(&web(), 5, LIMITS, None).await.unwrap_err();
     assert_eq!(e.kind(), "managed_by_hpa");
     assert!(e.to_string().contains("web-hpa"), "{e}");
 
     let (world2, act2) = setup(3).await;
     world2.lock().unwrap().scaled_objects =
         Some(vec![("shop".into(), "web-so".into(), "web".into())]);
-    let e = act2.apply(&web(), 5, LIMITS).await.unwrap_err();
+    let e = act2.apply(&web(), 5, LIMITS, None).await.unwrap_err();
     assert!(e.to_string().contains("ScaledObject shop/web-so"), "{e}");
     for w in [&world, &world2] {
         assert_eq!(scale_requests(w, Method::PUT), 0);
@@ -632,14 +638,14 @@ async fn another_autoscaler_means_hands_off() {
         "other".into(),
     ));
     world3.lock().unwrap().scaled_objects = None;
-    assert!(act3.apply(&web(), 5, LIMITS).await.unwrap().written);
+    assert!(act3.apply(&web(), 5, LIMITS, None).await.unwrap().written);
 }
 
 #[tokio::test]
 async fn a_target_at_zero_is_left_alone() {
     let (world, act) = setup(0).await;
     assert_eq!(
-        act.apply(&web(), 5, LIMITS).await.unwrap_err().kind(),
+        act.apply(&web(), 5, LIMITS, None).await.unwrap_err().kind(),
         "paused"
     );
     assert_eq!(replicas(&world, "deployments", "web"), 0);
@@ -690,8 +696,8 @@ async fn two_replicas_race_and_at_most_one_writes_per_decision() {
         let before = world.lock().unwrap().scale_writes;
         let t = web();
         let (x, y) = tokio::join!(
-            act_a.apply(&t, desired, LIMITS),
-            act_b.apply(&t, desired, LIMITS)
+            act_a.apply(&t, desired, LIMITS, None),
+            act_b.apply(&t, desired, LIMITS, None)
         );
         let errs: Vec<&str> = [&x, &y]
             .iter()

@@ -98,6 +98,14 @@ pub enum ActuateError {
     /// This replica of prescale does not hold the Lease.
     #[error("not the leader; the Lease holder applies")]
     NotLeader,
+    /// The target's replicas changed since the approved recommendation was made.
+    #[error("stale: the target has {observed} replicas, the recommendation was made at {expected}")]
+    Stale {
+        /// Replicas found.
+        observed: u32,
+        /// Replicas the recommendation started from.
+        expected: u32,
+    },
     /// A request or answer we could not use (4xx other than the above, bad JSON).
     #[error("rejected: {0}")]
     Rejected(String),
@@ -105,7 +113,8 @@ pub enum ActuateError {
 
 impl ActuateError {
     /// Every kind, for pre-created metric series.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
+        "stale",
         "forbidden",
         "target_gone",
         "conflict",
@@ -128,6 +137,7 @@ impl ActuateError {
             ActuateError::ManagedByHpa(_) => "managed_by_hpa",
             ActuateError::Paused(_) => "paused",
             ActuateError::NotLeader => "not_leader",
+            ActuateError::Stale { .. } => "stale",
             ActuateError::Rejected(_) => "rejected",
         }
     }
@@ -137,12 +147,15 @@ impl ActuateError {
 #[async_trait::async_trait]
 pub trait Actuator: Send + Sync {
     /// Reads the target's replicas, re-decides `desired` against them with `limits`, and
-    /// writes the result if it differs. Never writes without a fresh read.
+    /// writes the result if it differs. Never writes without a fresh read. With `expect`
+    /// (an approved change made when the target had that many replicas), a target that has
+    /// moved to something else since is [`ActuateError::Stale`]: not forced.
     async fn apply(
         &self,
         target: &Target,
         desired: u32,
         limits: Limits,
+        expect: Option<u32>,
     ) -> Result<Applied, ActuateError>;
 }
 

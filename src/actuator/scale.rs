@@ -221,6 +221,7 @@ impl Actuator for ScaleActuator {
         target: &Target,
         desired: u32,
         limits: Limits,
+        expect: Option<u32>,
     ) -> Result<Applied, ActuateError> {
         self.may_act()?;
         self.check_not_managed(target).await?;
@@ -238,6 +239,12 @@ impl Actuator for ScaleActuator {
                     "{}/{} is at 0 replicas",
                     target.namespace, target.name
                 )));
+            }
+            if let Some(expected) = expect
+                && observed != expected
+                && observed != desired
+            {
+                return Err(ActuateError::Stale { observed, expected });
             }
             // Re-decide against what is really there.
             let want = limits.clamp(desired, observed);
