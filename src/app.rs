@@ -23,7 +23,7 @@ use crate::metrics::{
 };
 use crate::policy::{Observation, PolicyConfig, PredictivePolicy, ScalingPolicy};
 use crate::store::{
-    Controls, RecState, Recommendation, RecommendationReason, Store, StoreError, new_id,
+    Controls, Override, RecState, Recommendation, RecommendationReason, Store, StoreError, new_id,
 };
 
 /// Who approved a change that `auto_approve_scale_up_percent` let through.
@@ -41,7 +41,7 @@ struct Step {
 }
 
 /// A workload's visible state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkloadState {
     /// Collecting history; no calibrated forecast yet (reactive policy).
@@ -73,7 +73,7 @@ impl WorkloadState {
 }
 
 /// What the API shows of a workload (also what is snapshotted).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkloadView {
     /// Namespace.
     pub namespace: String,
@@ -113,7 +113,7 @@ pub struct WorkloadView {
 }
 
 /// A forecast as the API and the snapshot carry it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForecastView {
     /// Time of the last sample used.
     pub origin: Timestamp,
@@ -205,6 +205,11 @@ pub struct Shared {
     pub store: std::sync::OnceLock<Store>,
     /// Pause and pin per workload (`namespace/name`), mirrored from the store.
     pub controls: RwLock<std::collections::HashMap<String, Controls>>,
+    /// The time of the latest loop (Unix seconds; virtual in the demo): decisions made through
+    /// the API are timed on the loop's clock, so expiry compares like with like.
+    pub loop_now: std::sync::atomic::AtomicI64,
+    /// Scheduled overrides per workload, mirrored from the store.
+    pub overrides: RwLock<std::collections::HashMap<String, Vec<Override>>>,
     /// Forecasts on demand for the API: (`namespace/name`, steps) to the forecast.
     pub forecaster: std::sync::OnceLock<ForecastFn>,
 }
@@ -217,6 +222,26 @@ impl Shared {
             .ok()
             .and_then(|c| c.get(key).cloned())
             .unwrap_or_default()
+    }
+
+    /// Now on the loop's clock (the wall clock before the first loop).
+    pub fn now(&self) -> Timestamp {
+        match self.loop_now.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            t => t,
+        }
+    }
+
+    /// The highest minimum of a workload's overrides open at `now`.
+    pub fn scheduled_minimum(&self, key: &str, now: Timestamp) -> Option<u32> {
+        let o = self.overrides.read().ok()?;
+        o.get(key)?
+            .iter()
+            .filter(|o| o.is_open(now))
+            .map(|o| o.min_replicas)
+            .max()
     }
 }
 
@@ -299,6 +324,8 @@ impl Service {
             )),
             store: std::sync::OnceLock::new(),
             controls: RwLock::new(std::collections::HashMap::new()),
+            overrides: RwLock::new(std::collections::HashMap::new()),
+            loop_now: std::sync::atomic::AtomicI64::new(0),
             forecaster: std::sync::OnceLock::new(),
         });
         shared
@@ -479,6 +506,9 @@ impl Service {
     /// One pass over every workload at time `now`.
     pub async fn run_once(&self, now: Timestamp) {
         let clock = std::time::Instant::now();
+        self.shared
+            .loop_now
+            .store(now, std::sync::atomic::Ordering::SeqCst);
         let end = now.div_euclid(self.step as i64) * self.step as i64;
         let history = self.cfg.loop_.history.as_secs() as i64;
         let jobs: Vec<_> = self
@@ -514,8 +544,10 @@ impl Service {
                         let Ok(mut r) = rt2.lock() else {
                             return Step::default();
                         };
-                        let controls = shared2.controls_of(&r.cfg.key());
-                        r.process(fetched, now, &shared2.metrics, &controls)
+                        let key = r.cfg.key();
+                        let controls = shared2.controls_of(&key);
+                        let floor = shared2.scheduled_minimum(&key, now);
+                        r.process(fetched, now, &shared2.metrics, &controls, floor)
                     })
                     .await
                     .unwrap_or_default();
@@ -569,12 +601,14 @@ impl Service {
     /// The store cannot be read.
     pub async fn attach_store(&self, store: Store) -> anyhow::Result<()> {
         let mut controls = std::collections::HashMap::new();
+        let mut overrides = std::collections::HashMap::new();
         for rt in &self.runtimes {
             let (ns, name, mode) = match rt.lock() {
                 Ok(r) => (r.cfg.namespace.clone(), r.cfg.name.clone(), r.cfg.mode),
                 Err(_) => continue,
             };
             controls.insert(format!("{ns}/{name}"), store.controls(&ns, &name).await?);
+            overrides.insert(format!("{ns}/{name}"), store.overrides(&ns, &name).await?);
             if mode == Mode::Recommend
                 && let Some(last) = store.last_applied(&ns, &name).await?
                 && let Ok(mut r) = rt.lock()
@@ -584,6 +618,9 @@ impl Service {
         }
         if let Ok(mut c) = self.shared.controls.write() {
             *c = controls;
+        }
+        if let Ok(mut o) = self.shared.overrides.write() {
+            *o = overrides;
         }
         let _ = self.shared.store.set(store);
         Ok(())
@@ -737,6 +774,7 @@ impl Runtime {
         now: Timestamp,
         metrics: &Metrics,
         controls: &Controls,
+        floor: Option<u32>,
     ) -> Step {
         let w = self.labels.clone();
         let demand = match fetched {
@@ -800,9 +838,15 @@ impl Runtime {
             .pinned_replicas
             .filter(|_| controls.pinned_until.is_some_and(|u| u > now))
             .map(|p| p.clamp(pc.min_replicas, pc.max_replicas));
-        let desired = pinned.unwrap_or(decision.desired_replicas);
+        // Then a scheduled minimum, then a pin (the most explicit) replace the policy's answer.
+        let floored = floor
+            .map(|f| f.min(pc.max_replicas))
+            .filter(|f| *f > decision.desired_replicas);
+        let desired = pinned.or(floored).unwrap_or(decision.desired_replicas);
         let term = if pinned.is_some() {
             "pinned"
+        } else if floored.is_some() {
+            "scheduled_minimum"
         } else {
             decision.reason.term.as_str()
         };
@@ -879,7 +923,7 @@ impl Runtime {
         let terms: Vec<&str> = TERMS
             .iter()
             .map(|t| t.as_str())
-            .chain(std::iter::once("pinned"))
+            .chain(["pinned", "scheduled_minimum"])
             .collect();
         Metrics::one_hot(&metrics.term, &terms, term, |v| TermLabels {
             namespace: w.namespace.clone(),

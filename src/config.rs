@@ -135,6 +135,10 @@ pub struct ApiConfig {
     /// at start. Unset: reads are open and every write is refused (401).
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// Let reads (`GET /api/v1/...`) through without a token, as `/metrics` is. Writes
+    /// always need one.
+    #[serde(default)]
+    pub anonymous_read: bool,
     /// Largest request body accepted, bytes (413 above).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -229,7 +233,7 @@ pub struct LeaseYaml {
 }
 
 /// How a workload's recommendations reach the cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActuatorKind {
     /// Published for KEDA (gRPC external scaler and metrics-api JSON); KEDA's HPA scales.
@@ -251,7 +255,7 @@ pub enum LogFormat {
 }
 
 /// What prescale does with a workload's recommendations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Forecast and export only.
@@ -417,6 +421,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             tokens_file: None,
+            anonymous_read: false,
             max_body_bytes: default_max_body_bytes(),
             max_page_size: default_max_page_size(),
         }

@@ -10,12 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prescale::actuator::keda;
+use prescale::api::ApiSettings;
+use prescale::api::auth::{Role, Tokens};
 use prescale::app::{Service, Timeline};
 use prescale::collector::{MetricSource, PrometheusSource, TraceSource};
 use prescale::config::{ActuatorKind, Config, LogFormat, Mode};
 use prescale::forecast::ModelPreset;
 use prescale::policy::Headroom;
 use prescale::sim::{self, PolicyName, ReplayConfig, Trace};
+use prescale::store::Store;
 use tokio_util::sync::CancellationToken;
 
 /// The trace `prescale replay` uses when given none: NASA-HTTP requests per 5 minutes,
@@ -41,6 +44,8 @@ enum Command {
     /// Run the service: collect, forecast, decide, export. With no --config, runs a demo on a
     /// bundled trace (no Prometheus, no cluster) with a dry-run actuator.
     Serve(ServeArgs),
+    /// Prints the OpenAPI document of the HTTP API (committed as docs/openapi.json).
+    Openapi,
     /// Validate a config file; exits 64 with a message naming the field when it is invalid.
     CheckConfig {
         /// The config file.
@@ -214,6 +219,10 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay(args),
         Command::BenchForecast(args) => bench_forecast(&args),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Openapi => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", prescale::api::openapi_json()).map_err(anyhow::Error::from)
+        }
         Command::Serve(args) => match loaded.transpose() {
             Ok(cfg) => serve(&args, cfg),
             Err(e) => Err(e.into()),
@@ -296,7 +305,7 @@ fn demo_config(trace: &Trace) -> anyhow::Result<Config> {
          data_dir: {data}\n\
          workloads:\n\
          - {{namespace: demo, name: web, demand_query: 'demo:0', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m, mode: auto}}\n\
-         - {{namespace: demo, name: api, demand_query: 'demo:1000', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m}}\n",
+         - {{namespace: demo, name: api, demand_query: 'demo:1000', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n",
         data = std::env::temp_dir().join("prescale-demo").display(),
     );
     Ok(Config::parse(
@@ -369,8 +378,31 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
             max_metadata_entries: cfg.keda.max_metadata_entries,
             max_metadata_value_bytes: cfg.keda.max_metadata_value_bytes,
         };
+        let store_url = cfg.store.url.clone().unwrap_or_else(|| Store::sqlite_url(&cfg.data_dir));
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+        let (tokens, demo_token) = match (&cfg.api.tokens_file, demo) {
+            (Some(path), _) => (Tokens::load(path).map_err(anyhow::Error::msg)?, None),
+            (None, true) => {
+                let token = format!("demo-{}", prescale::store::new_id());
+                let list = vec![(token.clone(), "demo".to_string(), Role::Admin)];
+                (Tokens::from_list(list), Some(token))
+            }
+            (None, false) => (Tokens::none(), None),
+        };
+        // The demo lets anyone read (its README shows plain curls); writes need the token.
+        let anonymous_read = cfg.api.anonymous_read || demo;
+        let settings = ApiSettings {
+            tokens: tokens.with_anonymous_read(anonymous_read),
+            max_body_bytes: cfg.api.max_body_bytes,
+            max_page_size: cfg.api.max_page_size,
+        };
         let service = Arc::new(Service::with_actuator(cfg, source, timeline, step, tick, actuator)?);
         let restored = service.restore()?;
+        let store = Store::open(&store_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
+        service.attach_store(store).await?;
         let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
             .await
             .with_context(|| format!("binding {grpc_listen}"))?;
@@ -399,12 +431,18 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
             if demo {
                 writeln!(out, "demo: two workloads replay a bundled NASA-HTTP trace, 5 minutes of it per loop")?;
                 writeln!(out, "demo: demo/web is in auto mode, published to KEDA: gRPC on {grpc_listen}, JSON at http://{listen}/api/v1/keda/demo/web")?;
+                writeln!(out, "demo: demo/api is in recommend mode: review its recommendations at http://{listen}/")?;
+                if let Some(t) = &demo_token {
+                    writeln!(out, "demo: token (role admin) for approving: {t}")?;
+                    writeln!(out, "demo:   curl -s 'http://{listen}/api/v1/recommendations?state=pending'")?;
+                    writeln!(out, "demo:   curl -s -X POST -H 'Authorization: Bearer {t}' -H 'Content-Type: application/json' -d '{{\"comment\":\"ok\"}}' http://{listen}/api/v1/recommendations/ID/approve")?;
+                }
             }
             if restored > 0 {
                 writeln!(out, "restored {restored} workload(s) from the last snapshot")?;
             }
         }
-        let server = axum::serve(listener, prescale::api::router(service.shared()))
+        let server = axum::serve(listener, prescale::api::router_with(service.shared(), settings))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let looping = {
             let service = service.clone();

@@ -160,9 +160,10 @@ pub trait Actuator: Send + Sync {
 }
 
 /// What prescale publishes for one workload: the answer of the KEDA endpoints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Publication {
-    /// The workload's mode: only `auto` workloads are published.
+    /// The workload's mode: `auto` workloads publish what they decide, `recommend` ones what
+    /// was last approved and applied; `observe` ones are not published.
     pub mode: Mode,
     /// Replicas prescale asks for.
     pub desired_replicas: u32,
@@ -207,8 +208,8 @@ pub enum Unpublished {
     /// No such workload in the config.
     #[error("no workload {0} is configured")]
     Unknown(String),
-    /// The workload is not in `auto` mode.
-    #[error("workload {key} is in {} mode; only `auto` workloads are published", mode.as_str())]
+    /// The workload is in `observe` mode.
+    #[error("workload {key} is in {} mode; only `auto` and `recommend` workloads are published", mode.as_str())]
     NotAuto {
         /// The workload.
         key: String,
@@ -259,7 +260,8 @@ impl Board {
     /// The usable publication of `namespace/name`.
     ///
     /// # Errors
-    /// Unknown workload, not in `auto` mode, degraded, or not refreshed for `stale_after`.
+    /// Unknown workload, `observe` mode, degraded, nothing approved yet (recommend mode), or
+    /// not refreshed for `stale_after`.
     pub fn get(&self, key: &str) -> Result<Publication, Unpublished> {
         let entries = self.entries.read().map_err(|_| Unpublished::Unavailable {
             key: key.to_string(),
@@ -268,7 +270,7 @@ impl Board {
         let p = entries
             .get(key)
             .ok_or_else(|| Unpublished::Unknown(key.to_string()))?;
-        if p.mode != Mode::Auto {
+        if p.mode == Mode::Observe {
             return Err(Unpublished::NotAuto {
                 key: key.to_string(),
                 mode: p.mode,

@@ -1,99 +1,240 @@
-//! The HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, the read API under
-//! `/api/v1`, and the KEDA metrics-api JSON at `/api/v1/keda/{namespace}/{name}`.
+//! The HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, the API under `/api/v1`
+//! (workloads, forecasts, recommendations and decisions, audit, controls, overrides), the
+//! KEDA metrics-api JSON, the OpenAPI document, and the review page at `/`.
+
+pub mod auth;
+mod page;
+pub mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
+use utoipa::OpenApi;
 
-use crate::actuator::Unpublished;
-use crate::app::Shared;
+use crate::actuator::{Publication, Unpublished};
+use crate::app::{ForecastView, Shared, WorkloadView};
+use auth::{ApiError, BodyLimit, Role, Tokens};
 
 /// Content type of the OpenMetrics exposition.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The router; tests call it without a socket.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/workloads", get(workloads))
-        .route("/api/v1/workloads/{namespace}/{name}", get(workload))
-        .route("/api/v1/keda/{namespace}/{name}", get(keda_metric))
-        .with_state(shared)
-}
-
 /// Content type of the classic Prometheus text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn metrics(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+/// What the handlers share.
+pub struct ApiState {
+    /// The service's shared state.
+    pub shared: Arc<Shared>,
+    /// Who may do what.
+    pub tokens: Arc<Tokens>,
+    /// Largest `limit` of a listing.
+    pub max_page: u32,
+}
+
+/// Settings of the router.
+pub struct ApiSettings {
+    /// Tokens.
+    pub tokens: Tokens,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Largest page.
+    pub max_page_size: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Tokens::none(),
+            max_body_bytes: 16 * 1024,
+            max_page_size: 200,
+        }
+    }
+}
+
+/// The OpenAPI document of `/api/v1`, generated from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "prescale", description = "Predictive autoscaler: workloads, forecasts, recommendations and their review."),
+    paths(
+        workloads, workload, keda_metric,
+        review::forecast, review::list, review::get_one, review::approve, review::reject,
+        review::audit, review::pause, review::resume, review::pin, review::unpin,
+        review::overrides, review::add_override, review::delete_override,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "workloads"), (name = "recommendations"), (name = "audit"), (name = "keda")),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what is served and committed).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// The router with default settings (no tokens); tests call it without a socket.
+pub fn router(shared: Arc<Shared>) -> Router {
+    router_with(shared, ApiSettings::default())
+}
+
+/// The router.
+pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
+    let state = Arc::new(ApiState {
+        shared,
+        tokens: Arc::new(settings.tokens),
+        max_page: settings.max_page_size,
+    });
+    let wl = "/api/v1/workloads/{namespace}/{name}";
+    Router::new()
+        .route("/", get(page::index))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/workloads", get(workloads))
+        .route(wl, get(workload))
+        .route(&format!("{wl}/forecast"), get(review::forecast))
+        .route(&format!("{wl}/pause"), post(review::pause))
+        .route(&format!("{wl}/resume"), post(review::resume))
+        .route(&format!("{wl}/pin"), put(review::pin).delete(review::unpin))
+        .route(
+            &format!("{wl}/overrides"),
+            get(review::overrides).post(review::add_override),
+        )
+        .route(
+            &format!("{wl}/overrides/{{id}}"),
+            axum::routing::delete(review::delete_override),
+        )
+        .route("/api/v1/recommendations", get(review::list))
+        .route("/api/v1/recommendations/{id}", get(review::get_one))
+        .route(
+            "/api/v1/recommendations/{id}/approve",
+            post(review::approve),
+        )
+        .route("/api/v1/recommendations/{id}/reject", post(review::reject))
+        .route("/api/v1/audit", get(review::audit))
+        .route("/api/v1/keda/{namespace}/{name}", get(keda_metric))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .layer(axum::Extension(BodyLimit(settings.max_body_bytes)))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            settings.max_body_bytes,
+        ))
+        .with_state(state)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     if wants_openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], s.metrics.encode()).into_response()
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS)],
+            s.shared.metrics.encode(),
+        )
+            .into_response()
     } else {
         (
             [(header::CONTENT_TYPE, TEXT_FORMAT)],
-            s.metrics.encode_text(),
+            s.shared.metrics.encode_text(),
         )
             .into_response()
     }
 }
 
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
+async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
+    if s.shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "first loop not finished\n").into_response()
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+fn internal() -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
-async fn workloads(State(s): State<Arc<Shared>>) -> Response {
-    match s.views.read() {
-        Ok(v) => axum::Json(v.values().cloned().collect::<Vec<_>>()).into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-    }
+/// Every workload: mode, state, current and desired replicas, last error, latest forecast.
+#[utoipa::path(get, path = "/api/v1/workloads",
+    responses((status = 200, body = [WorkloadView]), (status = 401, body = ApiError)),
+    security(("bearer" = [])), tag = "workloads")]
+async fn workloads(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.tokens.authorize(&headers, Role::Viewer)?;
+    let v = s.shared.views.read().map_err(|_| internal())?;
+    Ok(axum::Json(v.values().cloned().collect::<Vec<_>>()).into_response())
 }
 
+/// One workload.
+#[utoipa::path(get, path = "/api/v1/workloads/{namespace}/{name}",
+    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
+    responses((status = 200, body = WorkloadView), (status = 401, body = ApiError), (status = 404, body = ApiError)),
+    security(("bearer" = [])), tag = "workloads")]
 async fn workload(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    s.tokens.authorize(&headers, Role::Viewer)?;
     let key = format!("{namespace}/{name}");
-    match s.views.read() {
-        Ok(v) => match v.get(&key) {
-            Some(w) => axum::Json(w.clone()).into_response(),
-            None => error(StatusCode::NOT_FOUND, "no such workload"),
-        },
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-    }
+    let v = s.shared.views.read().map_err(|_| internal())?;
+    v.get(&key)
+        .map(|w| axum::Json(w.clone()).into_response())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such workload"))
 }
 
 /// The KEDA `metrics-api` endpoint: `{"desired_replicas": N, ...}` for a trigger with
 /// `valueLocation: desired_replicas` and `targetValue: "1"`. Missing or stale data is a 503
-/// (KEDA counts a failure; its fallback applies), never a zero.
+/// (KEDA counts a failure; its fallback applies), never a zero. Open, like `/metrics`.
+#[utoipa::path(get, path = "/api/v1/keda/{namespace}/{name}",
+    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
+    responses((status = 200, body = Publication), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)),
+    tag = "keda")]
 async fn keda_metric(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<ApiState>>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let key = format!("{namespace}/{name}");
-    match s.board.get(&key) {
-        Ok(p) => axum::Json(p).into_response(),
-        Err(e @ Unpublished::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
-        Err(e @ Unpublished::NotAuto { .. }) => error(StatusCode::CONFLICT, &e.to_string()),
-        Err(e @ Unpublished::Unavailable { .. }) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+    match s.shared.board.get(&key) {
+        Ok(p) => Ok(axum::Json(p).into_response()),
+        Err(e @ Unpublished::Unknown(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
         }
+        Err(e @ Unpublished::NotAuto { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e @ Unpublished::Unavailable { .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
+
+/// Keeps `ForecastView` in the document's components (it is part of `WorkloadView`).
+#[allow(dead_code)]
+fn _schema_roots(_: ForecastView) {}

@@ -167,6 +167,39 @@ pub struct Override {
     pub created_at: Timestamp,
 }
 
+impl Override {
+    /// Checks the cron expression (five fields) and the time zone.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn validate(cron: &str, timezone: &str) -> Result<(), String> {
+        if cron.split_whitespace().count() != 5 {
+            return Err(
+                "cron must have five fields: minute hour day-of-month month day-of-week".into(),
+            );
+        }
+        cron.parse::<croner::Cron>()
+            .map_err(|e| format!("cron: {e}"))?;
+        jiff::tz::TimeZone::get(timezone).map_err(|e| format!("timezone: {e}"))?;
+        Ok(())
+    }
+
+    /// Whether a window is open at `now`: the latest cron time at or before `now`, in the
+    /// override's time zone, is less than `duration_seconds` ago.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        let (Ok(cron), Ok(tz), Ok(at)) = (
+            self.cron.parse::<croner::Cron>(),
+            jiff::tz::TimeZone::get(&self.timezone),
+            jiff::Timestamp::from_second(now),
+        ) else {
+            return false;
+        };
+        let zoned = at.to_zoned(tz);
+        cron.find_previous_occurrence(&zoned, true)
+            .is_ok_and(|start| now - start.timestamp().as_second() < self.duration_seconds as i64)
+    }
+}
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -847,4 +880,47 @@ async fn audit(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(cron: &str, tz: &str, secs: u64) -> Override {
+        Override {
+            id: "o".into(),
+            namespace: "n".into(),
+            workload: "w".into(),
+            min_replicas: 5,
+            cron: cron.into(),
+            timezone: tz.into(),
+            duration_seconds: secs,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn windows_open_in_their_time_zone() {
+        // Weekdays 09:00 Paris for an hour. 2026-11-23 is a Monday; Paris is UTC+1 then.
+        let o = window("0 9 * * 1-5", "Europe/Paris", 3600);
+        let monday_0800_utc = 1_795_420_800; // 2026-11-23T08:00:00Z = 09:00 Paris
+        assert!(o.is_open(monday_0800_utc));
+        assert!(o.is_open(monday_0800_utc + 3599));
+        assert!(!o.is_open(monday_0800_utc + 3600));
+        assert!(!o.is_open(monday_0800_utc - 1));
+        // The same wall time in UTC is an hour later.
+        let utc = window("0 9 * * 1-5", "UTC", 3600);
+        assert!(!utc.is_open(monday_0800_utc));
+        assert!(utc.is_open(monday_0800_utc + 3600));
+        // Saturday: closed.
+        assert!(!o.is_open(monday_0800_utc - 2 * 86_400));
+    }
+
+    #[test]
+    fn bad_cron_and_zones_are_refused() {
+        assert!(Override::validate("0 9 * * 1-5", "Europe/Paris").is_ok());
+        assert!(Override::validate("0 9 * *", "UTC").is_err());
+        assert!(Override::validate("0 25 * * *", "UTC").is_err());
+        assert!(Override::validate("0 9 * * *", "Mars/Olympus").is_err());
+    }
 }

@@ -1,0 +1,254 @@
+//! Access to the API: bearer tokens with roles, JSON error bodies, and a JSON body reader
+//! with a size limit.
+
+use std::path::Path;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Also approve and reject recommendations.
+    Approver,
+    /// Also pause, resume, pin and schedule overrides.
+    Admin,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Token name (recorded in the audit log).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    role: Role,
+    token: String,
+}
+
+/// The configured tokens.
+#[derive(Default)]
+pub struct Tokens {
+    entries: Vec<(String, Principal)>,
+    anonymous_read: bool,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a token.
+        f.debug_struct("Tokens")
+            .field("count", &self.entries.len())
+            .finish()
+    }
+}
+
+/// Equal without an early exit, so the time taken says nothing of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// No tokens: reads are open, writes refused.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Tokens from `(token, name, role)` triples (the demo's and tests').
+    pub fn from_list(list: Vec<(String, String, Role)>) -> Self {
+        Self {
+            entries: list
+                .into_iter()
+                .map(|(t, name, role)| (t, Principal { name, role }))
+                .collect(),
+            anonymous_read: false,
+        }
+    }
+
+    /// Lets reads through without a token (writes still need one).
+    pub fn with_anonymous_read(mut self, yes: bool) -> Self {
+        self.anonymous_read = yes;
+        self
+    }
+
+    /// Reads a tokens file: a YAML list of `{name, role, token}`.
+    ///
+    /// # Errors
+    /// An unreadable file, bad YAML, a token shorter than 16 characters, a repeated name or
+    /// token.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let list: Vec<TokenEntry> =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in list.iter().enumerate() {
+            if t.token.len() < 16 {
+                return Err(format!(
+                    "{}: entry {i} ({}): token shorter than 16 characters",
+                    path.display(),
+                    t.name
+                ));
+            }
+            if !seen.insert(t.name.clone()) || !seen.insert(format!("\0{}", t.token)) {
+                return Err(format!(
+                    "{}: entry {i} ({}): name or token repeated",
+                    path.display(),
+                    t.name
+                ));
+            }
+        }
+        Ok(Self::from_list(
+            list.into_iter()
+                .map(|t| (t.token, t.name, t.role))
+                .collect(),
+        ))
+    }
+
+    /// Whether any token is configured.
+    pub fn configured(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// The caller, if allowed `need`. Without tokens configured, reads are anonymous and
+    /// writes are refused.
+    ///
+    /// # Errors
+    /// 401 without a valid token, 403 when its role is below `need`.
+    pub fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Principal, ApiError> {
+        let bearer = headers.get(header::AUTHORIZATION).is_some();
+        if need == Role::Viewer && self.anonymous_read && !bearer {
+            return Ok(Principal {
+                name: "anonymous".into(),
+                role: Role::Viewer,
+            });
+        }
+        if !self.configured() {
+            return if need == Role::Viewer {
+                Ok(Principal {
+                    name: "anonymous".into(),
+                    role: Role::Viewer,
+                })
+            } else {
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "no API tokens are configured (api.tokens_file): writes are disabled",
+                ))
+            };
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+        let principal = self
+            .entries
+            .iter()
+            .fold(None, |found, (t, p)| {
+                if same(t.as_bytes(), token.as_bytes()) {
+                    Some(p)
+                } else {
+                    found
+                }
+            })
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
+        if principal.role < need {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this token's role does not allow that",
+            ));
+        }
+        Ok(principal.clone())
+    }
+}
+
+/// An error answer: `{"error": "...", "status": N}`.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person. Says nothing of internals on 5xx.
+    pub error: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status: status.as_u16(),
+            error: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self)).into_response()
+    }
+}
+
+/// The largest body accepted; set per router.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON request body: 415 without `application/json`, 413 over the limit, 400 for
+/// malformed JSON (depth bombs included), 422 for JSON of the wrong shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/json",
+            ));
+        }
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(16 * 1024, |l| l.0);
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body larger than {limit} bytes"),
+                )
+            })?;
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"{}")
+                .map(JsonBody)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.to_string())
+        })
+    }
+}

@@ -1,0 +1,617 @@
+//! The review API, end to end: a service in `recommend` mode over the bundled trace, its
+//! store, and the router with viewer, approver and admin tokens. One suite, run through the
+//! router (no socket) and over a real socket, against SQLite and a real PostgreSQL.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(clippy::disallowed_methods)] // waiting for the PostgreSQL child
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use prescale::api::auth::{Role, Tokens};
+use prescale::api::{ApiSettings, router_with};
+use prescale::app::{Service, Timeline};
+use prescale::collector::TraceSource;
+use prescale::config::Config;
+use prescale::sim::Trace;
+use prescale::store::Store;
+
+const VIEWER: &str = "viewer-token-0123456789";
+const APPROVER: &str = "approver-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+
+enum Client {
+    Router(axum::Router),
+    Socket(String, reqwest::Client),
+}
+
+struct Answer {
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Answer {
+        match self {
+            Client::Router(r) => {
+                let mut req = Request::builder().method(method).uri(path);
+                if let Some(t) = token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                let req = match body {
+                    Some((ctype, b)) => req.header("content-type", ctype).body(Body::from(b)),
+                    None => req.body(Body::empty()),
+                }
+                .unwrap();
+                let res = r.clone().oneshot(req).await.unwrap();
+                let status = res.status().as_u16();
+                let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                Answer {
+                    status,
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                }
+            }
+            Client::Socket(base, c) => {
+                let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap();
+                let mut req = c.request(m, format!("{base}{path}"));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                if let Some((ctype, b)) = body {
+                    req = req.header("content-type", ctype).body(b);
+                }
+                let res = req.send().await.unwrap();
+                let status = res.status().as_u16();
+                Answer {
+                    status,
+                    text: res.text().await.unwrap(),
+                }
+            }
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    async fn raw_post(&self, path: &str, ctype: &str, body: impl Into<Vec<u8>>) -> Answer {
+        self.call(
+            Method::POST,
+            path,
+            Some(APPROVER),
+            Some((ctype, body.into())),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call(
+            Method::POST,
+            path,
+            token,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+    }
+}
+
+const STEP: i64 = 300;
+
+struct Setup {
+    service: Service,
+    client: Client,
+    t: i64,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            self.t += STEP;
+            self.service.run_once(self.t).await;
+        }
+    }
+}
+
+async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa_5min_14d.csv");
+    let trace = Trace::parse(&fixture, &std::fs::read(&fixture).unwrap()).unwrap();
+    let cap = trace.value_quantile(0.99) / 20.0;
+    let yaml = format!(
+        "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
+         loop: {{interval: 300s, history: 7d}}\n\
+         data_dir: '{}'\n\
+         workloads:\n\
+         - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n\
+         - {{namespace: shop, name: api, demand_query: 'demo:500', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n",
+        dir.path().display()
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let t0 = trace.timestamps[0] + 7 * 86_400;
+    let service = Service::new(
+        cfg,
+        Arc::new(TraceSource::new(&trace)),
+        Timeline::Virtual {
+            now: std::sync::atomic::AtomicI64::new(t0),
+            per_tick: STEP,
+        },
+        STEP as u64,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let url = store_url.map_or_else(|| Store::sqlite_url(dir.path()), str::to_string);
+    service
+        .attach_store(Store::open(&url).await.unwrap())
+        .await
+        .unwrap();
+    let tokens = Tokens::from_list(vec![
+        (VIEWER.into(), "vera".into(), Role::Viewer),
+        (APPROVER.into(), "alice".into(), Role::Approver),
+        (ADMIN.into(), "root".into(), Role::Admin),
+    ]);
+    let settings = ApiSettings {
+        tokens,
+        max_body_bytes: 4096,
+        max_page_size: 100,
+    };
+    let router = router_with(service.shared(), settings);
+    let client = if socket {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Client::Socket(format!("http://{addr}"), reqwest::Client::new())
+    } else {
+        Client::Router(router)
+    };
+    let mut s = Setup {
+        service,
+        client,
+        t: t0,
+        _dir: dir,
+    };
+    s.tick(3).await;
+    s
+}
+
+async fn pending(c: &Client, workload: &str) -> Vec<Value> {
+    let a = c
+        .get(
+            &format!("/api/v1/recommendations?state=pending&namespace=shop&workload={workload}"),
+            Some(VIEWER),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json().as_array().unwrap().clone()
+}
+
+async fn suite(mut s: Setup) {
+    let c = &s.client;
+    // Access: no token 401, bad token 401, JSON error bodies.
+    let a = c.get("/api/v1/recommendations", None).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.json()["status"], 401);
+    assert_eq!(
+        c.get("/api/v1/recommendations", Some("nope-nope-nope-nope"))
+            .await
+            .status,
+        401
+    );
+    let a = c.get("/api/v1/workloads", Some(VIEWER)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json().as_array().unwrap().len(), 2);
+
+    // Recommend mode made a pending recommendation with its reason.
+    let recs = pending(c, "web").await;
+    assert_eq!(
+        recs.len(),
+        1,
+        "one pending per workload (older ones superseded)"
+    );
+    let rec = &recs[0];
+    let id = rec["id"].as_str().unwrap().to_string();
+    assert_eq!(rec["state"], "pending");
+    for k in [
+        "term",
+        "forecast_peak",
+        "forecast_peak_at",
+        "quantile",
+        "lead_seconds",
+        "model",
+    ] {
+        assert!(rec["reason"].get(k).is_some(), "reason.{k}");
+    }
+    assert!(rec["valid_until"].as_i64().unwrap() > rec["created_at"].as_i64().unwrap());
+
+    // A viewer cannot approve; an approver can, once.
+    let approve = format!("/api/v1/recommendations/{id}/approve");
+    assert_eq!(c.post(&approve, Some(VIEWER), json!({})).await.status, 403);
+    let a = c
+        .post(
+            &approve,
+            Some(APPROVER),
+            json!({"comment": "peak expected"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json()["changed"], true);
+    assert_eq!(a.json()["recommendation"]["decided_by"], "alice");
+    let a = c.post(&approve, Some(APPROVER), json!({})).await;
+    assert_eq!(
+        (a.status, a.json()["changed"].clone()),
+        (200, json!(false)),
+        "idempotent"
+    );
+    let audit = c
+        .get(&format!("/api/v1/audit?target={id}"), Some(VIEWER))
+        .await
+        .json();
+    let approvals = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "approve")
+        .count();
+    assert_eq!(approvals, 1, "one audit entry for two approvals");
+    let a = c
+        .post(
+            &format!("/api/v1/recommendations/{id}/reject"),
+            Some(APPROVER),
+            json!({}),
+        )
+        .await;
+    assert_eq!(a.status, 409);
+
+    // The next loop applies it: the recommendation is applied and the workload has it.
+    let to = rec["to_replicas"].as_u64().unwrap();
+    s.tick(1).await;
+    let c = &s.client;
+    let a = c
+        .get(&format!("/api/v1/recommendations/{id}"), Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(a["state"], "applied", "{a}");
+    let w = c
+        .get("/api/v1/workloads/shop/web", Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(w["current_replicas"].as_u64().unwrap(), to);
+    let k = c.get("/api/v1/keda/shop/web", None).await;
+    assert_eq!(k.status, 200, "{}", k.text);
+    assert_eq!(
+        k.json()["desired_replicas"].as_u64().unwrap(),
+        to,
+        "KEDA gets the approved value"
+    );
+
+    // Concurrent approve and reject: exactly one wins.
+    let other = pending(c, "api").await;
+    let oid = other[0]["id"].as_str().unwrap();
+    let (pa, pr) = (
+        format!("/api/v1/recommendations/{oid}/approve"),
+        format!("/api/v1/recommendations/{oid}/reject"),
+    );
+    let (x, y) = tokio::join!(
+        c.post(&pa, Some(APPROVER), json!({})),
+        c.post(&pr, Some(ADMIN), json!({})),
+    );
+    let mut statuses = [x.status, y.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", x.text, y.text);
+
+    // Hostile and malformed input.
+    let big = json!({"comment": "x".repeat(5000)});
+    assert_eq!(c.post(&approve, Some(APPROVER), big).await.status, 413);
+    let bad = c
+        .raw_post(&approve, "application/json", "{\"comment\":")
+        .await;
+    assert_eq!(bad.status, 400);
+    let deep = format!("{}{}", "[".repeat(3000), "]".repeat(3000));
+    let bomb = c.raw_post(&approve, "application/json", deep).await;
+    assert!(matches!(bomb.status, 400 | 413), "{}", bomb.status);
+    assert_eq!(
+        c.post(&approve, Some(APPROVER), json!({"comment": 5}))
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        c.post(&approve, Some(APPROVER), json!({"unknown": 1}))
+            .await
+            .status,
+        422
+    );
+    let text = c.raw_post(&approve, "text/plain", "{}").await;
+    assert_eq!(text.status, 415);
+    assert_eq!(
+        c.post(
+            "/api/v1/recommendations/0123/approve",
+            Some(APPROVER),
+            json!({})
+        )
+        .await
+        .status,
+        404
+    );
+    let missing = format!("/api/v1/recommendations/{}/approve", "f".repeat(32));
+    assert_eq!(
+        c.post(&missing, Some(APPROVER), json!({})).await.status,
+        404
+    );
+    assert_eq!(
+        c.get("/api/v1/recommendations?limit=100000", Some(VIEWER))
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        c.get("/api/v1/recommendations?state=bogus", Some(VIEWER))
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        c.get("/api/v1/workloads/shop/a%22b%7D/forecast", Some(VIEWER))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        c.get("/api/v1/workloads/shop/nope/forecast", Some(VIEWER))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        c.get("/api/v1/nothing-here", Some(VIEWER)).await.status,
+        404
+    );
+
+    // Forecast: 48 hours of points with quantiles, JSON and CSV.
+    let f = c
+        .get(
+            "/api/v1/workloads/shop/web/forecast?horizon=48h",
+            Some(VIEWER),
+        )
+        .await;
+    assert_eq!(f.status, 200, "{}", f.text);
+    let f = f.json();
+    let points = f["points"].as_array().unwrap();
+    assert_eq!(points.len(), 48 * 3600 / 300);
+    let q = &points[10]["quantiles"];
+    assert!(q["0.5"].as_f64().unwrap() <= q["0.995"].as_f64().unwrap());
+    assert_eq!(
+        c.get(
+            "/api/v1/workloads/shop/web/forecast?horizon=49h",
+            Some(VIEWER)
+        )
+        .await
+        .status,
+        422
+    );
+    let csv = c
+        .get(
+            "/api/v1/workloads/shop/web/forecast?horizon=1h&format=csv",
+            Some(VIEWER),
+        )
+        .await;
+    assert!(
+        csv.text.starts_with("timestamp,point,upper,q0.5,"),
+        "{}",
+        csv.text
+    );
+    assert_eq!(csv.text.lines().count(), 1 + 12);
+
+    // Pause (admin only): nothing new is proposed while paused.
+    let pause = "/api/v1/workloads/shop/web/pause";
+    assert_eq!(c.post(pause, Some(APPROVER), json!({})).await.status, 403);
+    let a = c.post(pause, Some(ADMIN), json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let before = c
+        .get(
+            "/api/v1/recommendations?namespace=shop&workload=web&limit=100",
+            Some(VIEWER),
+        )
+        .await
+        .json();
+    s.tick(6).await;
+    let c = &s.client;
+    let after = c
+        .get(
+            "/api/v1/recommendations?namespace=shop&workload=web&limit=100",
+            Some(VIEWER),
+        )
+        .await
+        .json();
+    assert_eq!(
+        before.as_array().unwrap().len(),
+        after.as_array().unwrap().len(),
+        "paused: no new recommendations"
+    );
+    assert_eq!(
+        c.get("/api/v1/workloads/shop/web", Some(VIEWER))
+            .await
+            .json()["paused"],
+        true
+    );
+    assert_eq!(
+        c.post("/api/v1/workloads/shop/web/resume", Some(ADMIN), json!({}))
+            .await
+            .status,
+        200
+    );
+
+    // Pin: desired replicas held at the pin.
+    let until = s.t + 3600;
+    let pin = c
+        .call(
+            Method::PUT,
+            "/api/v1/workloads/shop/web/pin",
+            Some(ADMIN),
+            Some((
+                "application/json",
+                json!({"replicas": 17, "until": until})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await;
+    assert_eq!(pin.status, 200, "{}", pin.text);
+    s.tick(1).await;
+    let c = &s.client;
+    let w = c
+        .get("/api/v1/workloads/shop/web", Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(
+        (w["desired_replicas"].as_u64(), w["term"].as_str()),
+        (Some(17), Some("pinned"))
+    );
+    assert_eq!(
+        c.call(
+            Method::DELETE,
+            "/api/v1/workloads/shop/web/pin",
+            Some(ADMIN),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+
+    // Overrides: validated, listed, deleted.
+    let path = "/api/v1/workloads/shop/web/overrides";
+    let bad = c.post(path, Some(ADMIN), json!({"min_replicas": 5, "cron": "61 * * * *", "timezone": "UTC", "duration_seconds": 600})).await;
+    assert_eq!(bad.status, 422);
+    let bad = c.post(path, Some(ADMIN), json!({"min_replicas": 5, "cron": "0 9 * * *", "timezone": "Nowhere/Land", "duration_seconds": 600})).await;
+    assert_eq!(bad.status, 422);
+    let o = c.post(path, Some(ADMIN), json!({"min_replicas": 50, "cron": "* * * * *", "timezone": "Europe/Paris", "duration_seconds": 600})).await;
+    assert_eq!(o.status, 201, "{}", o.text);
+    let oid = o.json()["id"].as_str().unwrap().to_string();
+    s.tick(1).await;
+    let c = &s.client;
+    let w = c
+        .get("/api/v1/workloads/shop/web", Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(
+        (w["desired_replicas"].as_u64(), w["term"].as_str()),
+        (Some(50), Some("scheduled_minimum")),
+        "{w}"
+    );
+    assert_eq!(
+        c.get(path, Some(VIEWER))
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.call(Method::DELETE, &format!("{path}/{oid}"), Some(ADMIN), None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        c.call(Method::DELETE, &format!("{path}/{oid}"), Some(ADMIN), None)
+            .await
+            .status,
+        404
+    );
+
+    // Every write is in the audit log with who did it.
+    let log = c.get("/api/v1/audit?limit=100", Some(VIEWER)).await.json();
+    let actions: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (who, what) in [
+        ("alice", "approve"),
+        ("root", "pause"),
+        ("root", "resume"),
+        ("root", "pin"),
+        ("root", "unpin"),
+        ("root", "add_override"),
+        ("root", "delete_override"),
+        ("prescale", "apply"),
+    ] {
+        assert!(
+            actions.contains(&(who.to_string(), what.to_string())),
+            "{who} {what} missing from {actions:?}"
+        );
+    }
+    // The OpenAPI document served is the committed one.
+    let served = c.get("/api/v1/openapi.json", None).await.text;
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        served.trim(),
+        committed.trim(),
+        "docs/openapi.json is stale: cargo run -- openapi > docs/openapi.json"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_through_the_router() {
+    suite(setup(None, false).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_over_a_socket() {
+    suite(setup(None, true).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_a_socket_and_5xx_says_nothing_of_internals() {
+    let pg = common::Postgres::start();
+    let s = setup(Some(&pg.url), true).await;
+    let base = match &s.client {
+        Client::Socket(b, _) => b.clone(),
+        Client::Router(_) => unreachable!(),
+    };
+    suite(s).await;
+    // The database goes away: the API says 503 "store unavailable", and nothing more.
+    drop(pg);
+    let res = reqwest::Client::new()
+        .get(format!("{base}/api/v1/recommendations"))
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    let body = res.text().await.unwrap();
+    assert_eq!(body, r#"{"status":503,"error":"store unavailable"}"#);
+}
