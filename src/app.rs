@@ -188,6 +188,9 @@ struct Runtime {
     proposed: Option<u32>,
 }
 
+/// The last `n` observed values of a workload and the time of the first.
+pub type RecentFn = Box<dyn Fn(&str, usize) -> Option<(Timestamp, Vec<f64>)> + Send + Sync>;
+
 /// Forecasts `steps` ahead for a workload (`namespace/name`), on demand.
 pub type ForecastFn = Box<dyn Fn(&str, usize) -> Option<Forecast> + Send + Sync>;
 
@@ -212,6 +215,8 @@ pub struct Shared {
     pub overrides: RwLock<std::collections::HashMap<String, Vec<Override>>>,
     /// Forecasts on demand for the API: (`namespace/name`, steps) to the forecast.
     pub forecaster: std::sync::OnceLock<ForecastFn>,
+    /// Recent observed demand, for the review page's charts.
+    pub recent: std::sync::OnceLock<RecentFn>,
 }
 
 impl Shared {
@@ -327,6 +332,7 @@ impl Service {
             overrides: RwLock::new(std::collections::HashMap::new()),
             loop_now: std::sync::atomic::AtomicI64::new(0),
             forecaster: std::sync::OnceLock::new(),
+            recent: std::sync::OnceLock::new(),
         });
         shared
             .metrics
@@ -415,6 +421,7 @@ impl Service {
             .iter()
             .filter_map(|rt| rt.lock().ok().map(|r| (r.cfg.key(), rt.clone())))
             .collect();
+        let by_key2 = by_key.clone();
         let _ = shared
             .forecaster
             .set(Box::new(move |key: &str, steps: usize| {
@@ -422,6 +429,12 @@ impl Service {
                 let mut rt = rt.lock().ok()?;
                 rt.engine.forecast(steps).ok()
             }));
+        let _ = shared.recent.set(Box::new(move |key: &str, n: usize| {
+            let rt = by_key2.get(key)?;
+            let rt = rt.lock().ok()?;
+            rt.last_sample?;
+            Some(rt.engine.recent(n))
+        }));
         Ok(Self {
             cfg,
             source,

@@ -920,3 +920,18 @@ mod service {
         assert_eq!(replicas(&world, "deployments", "web"), 7);
     }
 }
+
+#[tokio::test]
+async fn an_approval_is_applied_once_even_after_a_crash_and_never_forced_when_stale() {
+    // The write of an approved 3 -> 7 went through, then the process died before recording
+    // it: the retry finds 7 and writes nothing.
+    let (world, act) = setup(7).await;
+    let a = act.apply(&web(), 7, LIMITS, Some(3)).await.unwrap();
+    assert_eq!((a.replicas, a.written), (7, false));
+    assert_eq!(world.lock().unwrap().scale_writes, 0);
+    // Someone moved it to 9 since the 3 -> 7 recommendation: not forced.
+    let (world, act) = setup(9).await;
+    let e = act.apply(&web(), 7, LIMITS, Some(3)).await.unwrap_err();
+    assert_eq!(e.kind(), "stale");
+    assert_eq!(replicas(&world, "deployments", "web"), 9);
+}

@@ -300,6 +300,13 @@ impl Engine {
         }
     }
 
+    /// The last `n` values on the grid (gaps filled) and the time of the first of them.
+    pub fn recent(&self, n: usize) -> (Timestamp, Vec<f64>) {
+        let k = n.min(self.values.len());
+        let first = self.last_ts - (k.saturating_sub(1) as i64) * self.step as i64;
+        (first, self.values[self.values.len() - k..].to_vec())
+    }
+
     /// Adds a sample. Gaps since the previous sample are interpolated; gaps longer than the
     /// preset's `max_fill_gap` are excluded from backtests.
     ///

@@ -148,3 +148,40 @@ impl Drop for Postgres {
         let _ = self.child.wait();
     }
 }
+
+/// Starts the embedded demo on `data` (free ports): the child, its HTTP port, and the demo
+/// token it printed. Its stdout is drained in the background.
+#[allow(clippy::disallowed_methods)] // waiting for a child process
+pub fn start_demo(data: &std::path::Path) -> (Kill, u16, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (http, grpc) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["serve", "--demo-tick", "1s"])
+        .env("PRESCALE_LISTEN_HTTP", format!("127.0.0.1:{http}"))
+        .env("PRESCALE_LISTEN_GRPC", format!("127.0.0.1:{grpc}"))
+        .env("PRESCALE_DATA_DIR", data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut token = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(t) = line.strip_prefix("demo: token (role admin) for approving: ") {
+            token = Some(t.trim().to_string());
+            break;
+        }
+    }
+    // Keep draining stdout: a closed pipe would make the service's next line fail.
+    std::thread::spawn(move || lines.for_each(drop));
+    let child = Kill(child);
+    for _ in 0..300 {
+        if http_get(http, "/readyz").is_some_and(|(s, _)| s == 200) {
+            return (child, http, token.unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not ready");
+}

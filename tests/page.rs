@@ -1,0 +1,125 @@
+//! The review page in headless Chromium (Debian's `chromium`): the DOM has the pending
+//! recommendation with its reason and buttons, and a chart per workload; the screenshot
+//! shows the approve and reject buttons, the forecast band, the forecast and the demand.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(clippy::disallowed_methods)] // waiting for the demo to make a recommendation
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http_get, start_demo};
+
+fn chromium(args: &[&str], url: &str, profile: &std::path::Path) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium (apt-get install chromium; .ci/run does)")
+}
+
+/// Pixels within `tol` of `rgb` in an RGB(A) PNG.
+fn count(png_path: &std::path::Path, rgb: [u8; 3], tol: u8) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    assert!(channels >= 3, "{:?}", info.color_type);
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| (0..3).all(|i| p[i].abs_diff(rgb[i]) <= tol))
+        .count()
+}
+
+#[test]
+fn the_review_page_shows_recommendations_and_charts() {
+    let data = tempfile::tempdir().unwrap();
+    let (_child, port, _token) = start_demo(data.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _id = loop {
+        let (_, body) = http_get(port, "/api/v1/recommendations?state=pending").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(id) = v.as_array().unwrap().first().and_then(|r| r["id"].as_str()) {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "no pending recommendation");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    let profile = tempfile::tempdir().unwrap();
+
+    // The DOM, as the browser built it.
+    let out = chromium(&["--dump-dom"], &url, profile.path());
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && dom.contains("<h1>prescale</h1>"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (The loop runs every second, so the pending one may have been superseded since.)
+    assert!(
+        dom.contains("<tr class=\"rec\" data-id=\""),
+        "pending row missing"
+    );
+    assert!(
+        dom.contains("button class=\"approve\" data-id=")
+            && dom.contains("button class=\"reject\" data-id=")
+    );
+    assert!(
+        dom.contains("demand up to") && dom.contains("lead 480 s; model "),
+        "reason missing"
+    );
+    for w in ["demo/web", "demo/api"] {
+        assert!(dom.contains(&format!("<h3>{w}</h3>")), "{w} card missing");
+    }
+    assert_eq!(
+        dom.matches("<svg class=\"chart\"").count(),
+        2,
+        "one chart per workload"
+    );
+    assert!(
+        !dom.contains("class=\"actual\" points=\"\""),
+        "demand line empty"
+    );
+
+    // The screenshot: the elements are drawn, not only present.
+    let shot = profile.path().join("page.png");
+    let out = chromium(
+        &[&format!("--screenshot={}", shot.display())],
+        &url,
+        profile.path(),
+    );
+    assert!(
+        out.status.success() && shot.exists(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let approve = count(&shot, [0x2c, 0xa2, 0x5f], 6);
+    let reject = count(&shot, [0xde, 0x2d, 0x26], 6);
+    let band = count(&shot, [187, 219, 234], 8); // #9ecae1 at 70% over white
+    let forecast = count(&shot, [0xe6, 0x55, 0x0d], 30);
+    let demand = count(&shot, [0x22, 0x22, 0x22], 30);
+    assert!(approve > 500, "approve button: {approve} px");
+    assert!(reject > 500, "reject button: {reject} px");
+    assert!(band > 20_000, "forecast band: {band} px");
+    assert!(forecast > 200, "forecast line: {forecast} px");
+    assert!(demand > 1_000, "demand line and text: {demand} px");
+}
