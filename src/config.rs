@@ -21,6 +21,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PRESCALE_LISTEN_GRPC", "listen.grpc"),
     ("PRESCALE_LOG_FORMAT", "log_format"),
     ("PRESCALE_STORE_URL", "store.url"),
+    ("PRESCALE_API_ANONYMOUS_READ", "api.anonymous_read"),
 ];
 
 /// The whole configuration.
@@ -604,6 +605,13 @@ impl Config {
                 "prometheus.url" => self.prometheus.url = v,
                 "data_dir" => self.data_dir = PathBuf::from(v),
                 "store.url" => self.store.url = Some(v),
+                "api.anonymous_read" => {
+                    self.api.anonymous_read = match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        other => return Err(bad(format!("`{other}` is not true or false"))),
+                    }
+                }
                 "listen.http" => self.listen.http = v.parse().map_err(|e| bad(format!("{e}")))?,
                 "listen.grpc" => self.listen.grpc = v.parse().map_err(|e| bad(format!("{e}")))?,
                 "log_format" => {

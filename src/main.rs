@@ -303,6 +303,7 @@ fn demo_config(trace: &Trace) -> anyhow::Result<Config> {
         "prometheus:\n  url: http://127.0.0.1:9\n\
          loop:\n  interval: {cadence}s\n  history: 7d\n\
          data_dir: {data}\n\
+         api:\n  anonymous_read: true\n\
          workloads:\n\
          - {{namespace: demo, name: web, demand_query: 'demo:0', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m, mode: auto}}\n\
          - {{namespace: demo, name: api, demand_query: 'demo:1000', capacity_per_replica: {capacity}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n",
@@ -390,8 +391,7 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
             }
             (None, false) => (Tokens::none(), None),
         };
-        // The demo lets anyone read (its README shows plain curls); writes need the token.
-        let anonymous_read = cfg.api.anonymous_read || demo;
+        let anonymous_read = cfg.api.anonymous_read;
         let settings = ApiSettings {
             tokens: tokens.with_anonymous_read(anonymous_read),
             max_body_bytes: cfg.api.max_body_bytes,

@@ -204,51 +204,56 @@ impl IntoResponse for ApiError {
 pub struct BodyLimit(pub usize);
 
 /// A JSON request body: 415 without `application/json`, 413 over the limit, 400 for
-/// malformed JSON (depth bombs included), 422 for JSON of the wrong shape.
-pub struct JsonBody<T>(pub T);
+/// malformed JSON (depth bombs included), 422 for JSON of the wrong shape. The outcome is
+/// kept rather than rejected at once, so handlers check the caller's token first (a request
+/// without one is a 401 whatever its body).
+pub struct JsonBody<T>(pub Result<T, ApiError>);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
     S: Send + Sync,
     T: DeserializeOwned,
 {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "expected Content-Type: application/json",
-            ));
-        }
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(16 * 1024, |l| l.0);
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than {limit} bytes"),
-                )
-            })?;
-        if bytes.is_empty() {
-            return serde_json::from_slice(b"{}")
-                .map(JsonBody)
-                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-        }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            let status = match e.classify() {
-                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            ApiError::new(status, e.to_string())
-        })
+        Ok(JsonBody(parse(req).await))
     }
+}
+
+async fn parse<T: DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        ));
+    }
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map_or(16 * 1024, |l| l.0);
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {limit} bytes"),
+            )
+        })?;
+    if bytes.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let status = match e.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    })
 }

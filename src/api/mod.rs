@@ -19,6 +19,7 @@ use utoipa::OpenApi;
 use crate::actuator::{Publication, Unpublished};
 use crate::app::{ForecastView, Shared, WorkloadView};
 use auth::{ApiError, BodyLimit, Role, Tokens};
+use review::WorkloadPath;
 
 /// Content type of the OpenMetrics exposition.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -179,7 +180,7 @@ fn internal() -> ApiError {
 
 /// Every workload: mode, state, current and desired replicas, last error, latest forecast.
 #[utoipa::path(get, path = "/api/v1/workloads",
-    responses((status = 200, body = [WorkloadView]), (status = 401, body = ApiError)),
+    responses((status = 400, body = ApiError), (status = 200, body = [WorkloadView]), (status = 401, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 async fn workloads(
     State(s): State<Arc<ApiState>>,
@@ -192,8 +193,8 @@ async fn workloads(
 
 /// One workload.
 #[utoipa::path(get, path = "/api/v1/workloads/{namespace}/{name}",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
-    responses((status = 200, body = WorkloadView), (status = 401, body = ApiError), (status = 404, body = ApiError)),
+    params(WorkloadPath),
+    responses((status = 400, body = ApiError), (status = 200, body = WorkloadView), (status = 401, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 async fn workload(
     State(s): State<Arc<ApiState>>,
@@ -212,8 +213,8 @@ async fn workload(
 /// `valueLocation: desired_replicas` and `targetValue: "1"`. Missing or stale data is a 503
 /// (KEDA counts a failure; its fallback applies), never a zero. Open, like `/metrics`.
 #[utoipa::path(get, path = "/api/v1/keda/{namespace}/{name}",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
-    responses((status = 200, body = Publication), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)),
+    params(WorkloadPath),
+    responses((status = 400, body = ApiError), (status = 200, body = Publication), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)),
     tag = "keda")]
 async fn keda_metric(
     State(s): State<Arc<ApiState>>,

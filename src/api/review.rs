@@ -97,32 +97,77 @@ fn page(s: &ApiState, limit: Option<u32>, offset: Option<u32>) -> ApiResult<(u32
     Ok((limit, offset))
 }
 
+/// A workload in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct WorkloadPath {
+    /// Namespace (a DNS-1123 label).
+    #[param(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
+    pub namespace: String,
+    /// Workload name (a DNS-1123 subdomain).
+    #[param(
+        pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$",
+        max_length = 253
+    )]
+    pub name: String,
+}
+
+/// A recommendation id in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IdPath {
+    /// Recommendation id: 32 hexadecimal digits.
+    #[param(pattern = "^[0-9a-f]{32}$")]
+    pub id: String,
+}
+
+/// Query strings that do not parse are a 400 with a JSON body, like every other error.
+pub fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
+}
+
+/// Paths that do not parse (invalid UTF-8) are a 400 with a JSON body.
+pub fn bad_path(e: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
+}
+
+type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+type P<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
+
 /// Filters of `GET /api/v1/recommendations`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RecQuery {
-    /// Only this state (`pending`, `approved`, `rejected`, `expired`, `superseded`,
-    /// `applied`, `failed`).
+    /// Only this state.
+    #[param(value_type = Option<RecState>)]
     pub state: Option<String>,
     /// Only this namespace.
+    #[param(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub namespace: Option<String>,
     /// Only this workload.
+    #[param(
+        pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$",
+        max_length = 253
+    )]
     pub workload: Option<String>,
-    /// Page size (default 50, at most `api.max_page_size`).
+    /// Page size (default 50; at most `api.max_page_size`, 200 by default).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Entries skipped.
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<u32>,
 }
 
 /// Lists recommendations, newest first.
 #[utoipa::path(get, path = "/api/v1/recommendations", params(RecQuery),
-    responses((status = 200, body = [Recommendation]), (status = 401, body = ApiError), (status = 422, body = ApiError)),
+    responses((status = 400, body = ApiError), (status = 200, body = [Recommendation]), (status = 401, body = ApiError), (status = 422, body = ApiError)),
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn list(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Query(q): Query<RecQuery>,
+    q: Q<RecQuery>,
 ) -> ApiResult<Response> {
+    let Query(q) = q.map_err(bad_query)?;
     s.tokens.authorize(&headers, Role::Viewer)?;
     let (limit, offset) = page(&s, q.limit, q.offset)?;
     let state = match q.state.as_deref() {
@@ -132,13 +177,13 @@ pub async fn list(
                 .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown state"))?,
         ),
     };
-    for v in [&q.namespace, &q.workload].into_iter().flatten() {
-        if !is_dns_subdomain(v) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "namespace or workload is not a valid Kubernetes name",
-            ));
-        }
+    if q.namespace.as_deref().is_some_and(|n| !is_dns_label(n))
+        || q.workload.as_deref().is_some_and(|w| !is_dns_subdomain(w))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "namespace or workload is not a valid Kubernetes name",
+        ));
     }
     let f = RecFilter {
         state,
@@ -152,14 +197,15 @@ pub async fn list(
 }
 
 /// One recommendation.
-#[utoipa::path(get, path = "/api/v1/recommendations/{id}", params(("id" = String, Path, description = "Recommendation id")),
-    responses((status = 200, body = Recommendation), (status = 401, body = ApiError), (status = 404, body = ApiError)),
+#[utoipa::path(get, path = "/api/v1/recommendations/{id}", params(IdPath),
+    responses((status = 400, body = ApiError), (status = 200, body = Recommendation), (status = 401, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn get_one(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    path: P<String>,
 ) -> ApiResult<Response> {
+    let Path(id) = path.map_err(bad_path)?;
     s.tokens.authorize(&headers, Role::Viewer)?;
     check_id(&id)?;
     let rec = store(&s)?.get(&id).await.map_err(store_error)?;
@@ -171,6 +217,7 @@ pub async fn get_one(
 #[serde(deny_unknown_fields)]
 pub struct DecisionBody {
     /// Why (kept in the audit log), at most 2000 characters.
+    #[schema(max_length = 2000)]
     pub comment: Option<String>,
 }
 
@@ -187,10 +234,11 @@ async fn decide(
     s: &ApiState,
     headers: &HeaderMap,
     id: &str,
-    body: DecisionBody,
+    body: JsonBody<DecisionBody>,
     to: RecState,
 ) -> ApiResult<Response> {
     let who: Principal = s.tokens.authorize(headers, Role::Approver)?;
+    let body = body.0?;
     check_id(id)?;
     if body
         .comment
@@ -215,33 +263,35 @@ async fn decide(
 
 /// Approves a pending recommendation (applied at the next loop). Approving it again is a
 /// no-op; approving a rejected, expired or superseded one is a 409.
-#[utoipa::path(post, path = "/api/v1/recommendations/{id}/approve", params(("id" = String, Path, description = "Recommendation id")),
+#[utoipa::path(post, path = "/api/v1/recommendations/{id}/approve", params(IdPath),
     request_body(content = DecisionBody, content_type = "application/json"),
-    responses((status = 200, body = DecisionResult), (status = 401, body = ApiError), (status = 403, body = ApiError),
+    responses((status = 415, body = ApiError), (status = 400, body = ApiError), (status = 200, body = DecisionResult), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError)),
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn approve(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    JsonBody(b): JsonBody<DecisionBody>,
+    path: P<String>,
+    body: JsonBody<DecisionBody>,
 ) -> ApiResult<Response> {
-    decide(&s, &headers, &id, b, RecState::Approved).await
+    let Path(id) = path.map_err(bad_path)?;
+    decide(&s, &headers, &id, body, RecState::Approved).await
 }
 
 /// Rejects a pending recommendation.
-#[utoipa::path(post, path = "/api/v1/recommendations/{id}/reject", params(("id" = String, Path, description = "Recommendation id")),
+#[utoipa::path(post, path = "/api/v1/recommendations/{id}/reject", params(IdPath),
     request_body(content = DecisionBody, content_type = "application/json"),
-    responses((status = 200, body = DecisionResult), (status = 401, body = ApiError), (status = 403, body = ApiError),
+    responses((status = 415, body = ApiError), (status = 400, body = ApiError), (status = 200, body = DecisionResult), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError)),
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn reject(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    JsonBody(b): JsonBody<DecisionBody>,
+    path: P<String>,
+    body: JsonBody<DecisionBody>,
 ) -> ApiResult<Response> {
-    decide(&s, &headers, &id, b, RecState::Rejected).await
+    let Path(id) = path.map_err(bad_path)?;
+    decide(&s, &headers, &id, body, RecState::Rejected).await
 }
 
 /// Paging of the audit log.
@@ -249,22 +299,26 @@ pub async fn reject(
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only entries about this recommendation id or `namespace/workload`.
+    #[param(max_length = 512)]
     pub target: Option<String>,
-    /// Page size.
+    /// Page size (default 50; at most `api.max_page_size`, 200 by default).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Entries skipped.
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<u32>,
 }
 
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery),
-    responses((status = 200, body = [AuditEntry]), (status = 401, body = ApiError), (status = 422, body = ApiError)),
+    responses((status = 400, body = ApiError), (status = 200, body = [AuditEntry]), (status = 401, body = ApiError), (status = 422, body = ApiError)),
     security(("bearer" = [])), tag = "audit")]
 pub async fn audit(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
+    q: Q<AuditQuery>,
 ) -> ApiResult<Response> {
+    let Query(q) = q.map_err(bad_query)?;
     s.tokens.authorize(&headers, Role::Viewer)?;
     let (limit, offset) = page(&s, q.limit, q.offset)?;
     if q.target.as_ref().is_some_and(|t| t.len() > 512) {
@@ -285,8 +339,10 @@ pub async fn audit(
 #[into_params(parameter_in = Query)]
 pub struct ForecastQuery {
     /// How far ahead, e.g. `6h` (default `24h`, at most `48h`).
+    #[param(pattern = "^[1-9][0-9]{0,5}(s|m|h)$")]
     pub horizon: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
@@ -324,16 +380,18 @@ pub struct ForecastPoints {
 
 /// A workload's forecast with quantiles, up to 48 hours ahead, as JSON or CSV.
 #[utoipa::path(get, path = "/api/v1/workloads/{namespace}/{name}/forecast",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload"), ForecastQuery),
-    responses((status = 200, body = ForecastPoints), (status = 200, description = "CSV", content_type = "text/csv"),
+    params(WorkloadPath, ForecastQuery),
+    responses((status = 401, body = ApiError), (status = 200, description = "The forecast (JSON, or CSV with `format=csv`)", content((ForecastPoints = "application/json"), (String = "text/csv"))),
         (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError), (status = 503, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn forecast(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
-    Query(q): Query<ForecastQuery>,
+    path: P<(String, String)>,
+    q: Q<ForecastQuery>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
+    let Query(q) = q.map_err(bad_query)?;
     s.tokens.authorize(&headers, Role::Viewer)?;
     let key = workload_key(&s, &namespace, &name)?;
     let horizon = match q.horizon.as_deref() {
@@ -446,14 +504,15 @@ async fn set_controls(
 
 /// Pauses a workload: nothing is recommended or applied until it is resumed.
 #[utoipa::path(post, path = "/api/v1/workloads/{namespace}/{name}/pause",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
-    responses((status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
+    params(WorkloadPath),
+    responses((status = 400, body = ApiError), (status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn pause(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    path: P<(String, String)>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
     set_controls(&s, &headers, &namespace, &name, "pause", |c| {
         c.paused = true
     })
@@ -462,14 +521,15 @@ pub async fn pause(
 
 /// Resumes a paused workload.
 #[utoipa::path(post, path = "/api/v1/workloads/{namespace}/{name}/resume",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
-    responses((status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
+    params(WorkloadPath),
+    responses((status = 400, body = ApiError), (status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn resume(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    path: P<(String, String)>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
     set_controls(&s, &headers, &namespace, &name, "resume", |c| {
         c.paused = false
     })
@@ -481,6 +541,7 @@ pub async fn resume(
 #[serde(deny_unknown_fields)]
 pub struct PinBody {
     /// Replicas to hold (min/max still apply).
+    #[schema(maximum = 100000)]
     pub replicas: u32,
     /// Until when (Unix seconds, on the loop's clock).
     pub until: Timestamp,
@@ -488,16 +549,19 @@ pub struct PinBody {
 
 /// Pins a workload's replicas until a time.
 #[utoipa::path(put, path = "/api/v1/workloads/{namespace}/{name}/pin",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
+    params(WorkloadPath),
     request_body(content = PinBody, content_type = "application/json"),
-    responses((status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)),
+    responses((status = 415, body = ApiError), (status = 400, body = ApiError), (status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn pin(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
-    JsonBody(b): JsonBody<PinBody>,
+    path: P<(String, String)>,
+    body: JsonBody<PinBody>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
+    s.tokens.authorize(&headers, Role::Admin)?;
+    let b = body.0?;
     if b.replicas > 100_000 || b.until <= s.shared.now() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -513,14 +577,15 @@ pub async fn pin(
 
 /// Removes a pin.
 #[utoipa::path(delete, path = "/api/v1/workloads/{namespace}/{name}/pin",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
-    responses((status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
+    params(WorkloadPath),
+    responses((status = 400, body = ApiError), (status = 200, body = Controls), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn unpin(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    path: P<(String, String)>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
     set_controls(&s, &headers, &namespace, &name, "unpin", |c| {
         c.pinned_replicas = None;
         c.pinned_until = None;
@@ -533,25 +598,30 @@ pub async fn unpin(
 #[serde(deny_unknown_fields)]
 pub struct OverrideBody {
     /// Replicas at least while a window is open.
+    #[schema(maximum = 100000)]
     pub min_replicas: u32,
     /// Five-field cron expression of window starts, e.g. `0 9 * * 1-5`.
+    #[schema(pattern = "^\\S+( \\S+){4}$", max_length = 200)]
     pub cron: String,
     /// IANA time zone, e.g. `Europe/Paris`.
+    #[schema(pattern = "^[A-Za-z]+(/[A-Za-z0-9_+-]+)*$", max_length = 64)]
     pub timezone: String,
     /// Window length, seconds (60 to 604800).
+    #[schema(minimum = 60, maximum = 604800)]
     pub duration_seconds: u64,
 }
 
 /// A workload's scheduled overrides.
 #[utoipa::path(get, path = "/api/v1/workloads/{namespace}/{name}/overrides",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
-    responses((status = 200, body = [Override]), (status = 401, body = ApiError), (status = 404, body = ApiError)),
+    params(WorkloadPath),
+    responses((status = 400, body = ApiError), (status = 200, body = [Override]), (status = 401, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn overrides(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
+    path: P<(String, String)>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
     s.tokens.authorize(&headers, Role::Viewer)?;
     workload_key(&s, &namespace, &name)?;
     let list = store(&s)?
@@ -574,17 +644,19 @@ async fn refresh_overrides(s: &ApiState, namespace: &str, name: &str) -> ApiResu
 
 /// Adds a scheduled override: a minimum of replicas during a recurring window.
 #[utoipa::path(post, path = "/api/v1/workloads/{namespace}/{name}/overrides",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload")),
+    params(WorkloadPath),
     request_body(content = OverrideBody, content_type = "application/json"),
-    responses((status = 201, body = Override), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)),
+    responses((status = 415, body = ApiError), (status = 400, body = ApiError), (status = 201, body = Override), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn add_override(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name)): Path<(String, String)>,
-    JsonBody(b): JsonBody<OverrideBody>,
+    path: P<(String, String)>,
+    body: JsonBody<OverrideBody>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name)) = path.map_err(bad_path)?;
     let who = s.tokens.authorize(&headers, Role::Admin)?;
+    let b = body.0?;
     workload_key(&s, &namespace, &name)?;
     if b.cron.len() > 200 || b.timezone.len() > 64 {
         return Err(ApiError::new(
@@ -620,14 +692,15 @@ pub async fn add_override(
 
 /// Deletes a scheduled override.
 #[utoipa::path(delete, path = "/api/v1/workloads/{namespace}/{name}/overrides/{id}",
-    params(("namespace" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Workload"), ("id" = String, Path, description = "Override id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
+    params(WorkloadPath, IdPath),
+    responses((status = 400, body = ApiError), (status = 204, description = "Deleted"), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn delete_override(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((namespace, name, id)): Path<(String, String, String)>,
+    path: P<(String, String, String)>,
 ) -> ApiResult<Response> {
+    let Path((namespace, name, id)) = path.map_err(bad_path)?;
     let who = s.tokens.authorize(&headers, Role::Admin)?;
     workload_key(&s, &namespace, &name)?;
     check_id(&id).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such override"))?;

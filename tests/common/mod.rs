@@ -153,6 +153,12 @@ impl Drop for Postgres {
 /// token it printed. Its stdout is drained in the background.
 #[allow(clippy::disallowed_methods)] // waiting for a child process
 pub fn start_demo(data: &std::path::Path) -> (Kill, u16, String) {
+    start_demo_with(data, &[])
+}
+
+/// As [`start_demo`], with extra environment variables.
+#[allow(clippy::disallowed_methods)] // waiting for a child process
+pub fn start_demo_with(data: &std::path::Path, env: &[(&str, &str)]) -> (Kill, u16, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let (http, grpc) = (free_port(), free_port());
@@ -161,6 +167,7 @@ pub fn start_demo(data: &std::path::Path) -> (Kill, u16, String) {
         .env("PRESCALE_LISTEN_HTTP", format!("127.0.0.1:{http}"))
         .env("PRESCALE_LISTEN_GRPC", format!("127.0.0.1:{grpc}"))
         .env("PRESCALE_DATA_DIR", data)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

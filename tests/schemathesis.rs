@@ -1,0 +1,43 @@
+//! schemathesis (PyPI) against the served OpenAPI document of a running demo with reads
+//! behind tokens: no 5xx, every status code, content type, header and body as documented,
+//! 401 without a token. Not checked: that every schema-valid input is accepted (a cron
+//! expression or a time in the future cannot be expressed in JSON Schema), and the KEDA
+//! endpoint, whose 503 for missing data is its contract.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(clippy::disallowed_methods)] // waiting for a child process
+
+mod common;
+
+use std::process::Command;
+
+use common::start_demo_with;
+
+#[test]
+fn the_api_matches_its_openapi_document() {
+    let data = tempfile::tempdir().unwrap();
+    let (_child, port, token) =
+        start_demo_with(data.path(), &[("PRESCALE_API_ANONYMOUS_READ", "false")]);
+    let out = Command::new("schemathesis")
+        .arg("run")
+        .arg(format!("http://127.0.0.1:{port}/api/v1/openapi.json"))
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--exclude-path", "/api/v1/keda/{namespace}/{name}"])
+        .args(["--max-examples", "60", "--generation-deterministic"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("schemathesis (pip install schemathesis; .ci/run does)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(" passed"), "{text}");
+}
