@@ -28,6 +28,9 @@ use crate::store::{
 
 /// Who approved a change that `auto_approve_scale_up_percent` let through.
 pub const AUTONOMY: &str = "prescale:autonomy";
+/// Why a `recommend` workload is not published before its first applied recommendation.
+const NOTHING_APPLIED: &str = "no recommendation approved and applied yet";
+
 /// Who applied a change in `auto` mode.
 pub const AUTO: &str = "prescale:auto";
 
@@ -522,6 +525,12 @@ impl Service {
         self.shared
             .loop_now
             .store(now, std::sync::atomic::Ordering::SeqCst);
+        if let Some(store) = self.shared.store.get()
+            && let Err(e) = self.sync_from_store(store).await
+        {
+            tracing::warn!(error = %e, "Could not read the store");
+            count(&self.shared.metrics, "store", e.kind());
+        }
         let end = now.div_euclid(self.step as i64) * self.step as i64;
         let history = self.cfg.loop_.history.as_secs() as i64;
         let jobs: Vec<_> = self
@@ -613,20 +622,30 @@ impl Service {
     /// # Errors
     /// The store cannot be read.
     pub async fn attach_store(&self, store: Store) -> anyhow::Result<()> {
-        let mut controls = std::collections::HashMap::new();
-        let mut overrides = std::collections::HashMap::new();
+        self.sync_from_store(&store).await?;
+        let _ = self.shared.store.set(store);
+        Ok(())
+    }
+
+    /// Mirrors the store into memory: controls, overrides, and for `recommend` workloads the
+    /// last applied replicas. Done at start and every loop, so with several replicas on one
+    /// PostgreSQL a pause or an approval made through any of them reaches all of them.
+    async fn sync_from_store(&self, store: &Store) -> Result<(), StoreError> {
+        let controls = store.all_controls().await?;
+        let overrides = store.all_overrides().await?;
+        let applied = store.all_last_applied().await?;
         for rt in &self.runtimes {
-            let (ns, name, mode) = match rt.lock() {
-                Ok(r) => (r.cfg.namespace.clone(), r.cfg.name.clone(), r.cfg.mode),
-                Err(_) => continue,
-            };
-            controls.insert(format!("{ns}/{name}"), store.controls(&ns, &name).await?);
-            overrides.insert(format!("{ns}/{name}"), store.overrides(&ns, &name).await?);
-            if mode == Mode::Recommend
-                && let Some(last) = store.last_applied(&ns, &name).await?
-                && let Ok(mut r) = rt.lock()
+            if let Ok(mut r) = rt.lock()
+                && r.cfg.mode == Mode::Recommend
+                && let Some(to) = applied.get(&r.cfg.key())
+                && r.current != Some(*to)
             {
-                r.current = Some(last.to_replicas);
+                r.current = Some(*to);
+                r.view.current_replicas = Some(*to);
+                r.publication.desired_replicas = *to;
+                if r.publication.unavailable.as_deref() == Some(NOTHING_APPLIED) {
+                    r.publication.unavailable = None;
+                }
             }
         }
         if let Ok(mut c) = self.shared.controls.write() {
@@ -635,7 +654,6 @@ impl Service {
         if let Ok(mut o) = self.shared.overrides.write() {
             *o = overrides;
         }
-        let _ = self.shared.store.set(store);
         Ok(())
     }
 
@@ -702,9 +720,7 @@ impl Service {
                         r.view.current_replicas = Some(a.replicas);
                         r.proposed = None;
                         r.publication.desired_replicas = a.replicas;
-                        if r.publication.unavailable.as_deref()
-                            == Some("no recommendation approved and applied yet")
-                        {
+                        if r.publication.unavailable.as_deref() == Some(NOTHING_APPLIED) {
                             r.publication.unavailable = None;
                         }
                     }
@@ -898,7 +914,7 @@ impl Runtime {
                         .unwrap_or_else(|| "no data".to_string()),
                 )
             } else if published.is_none() {
-                Some("no recommendation approved and applied yet".to_string())
+                Some(NOTHING_APPLIED.to_string())
             } else {
                 None
             },

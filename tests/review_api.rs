@@ -615,3 +615,58 @@ async fn postgres_over_a_socket_and_5xx_says_nothing_of_internals() {
     let body = res.text().await.unwrap();
     assert_eq!(body, r#"{"status":503,"error":"store unavailable"}"#);
 }
+
+/// Two replicas of prescale on one store: a pause and an approval made through one reach the
+/// other at its next loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_store_see_each_others_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::sqlite_url(dir.path());
+    let mut a = setup(Some(&url), false).await;
+    let mut b = setup(Some(&url), false).await;
+    let rec = pending(&a.client, "web").await[0].clone();
+    let id = rec["id"].as_str().unwrap();
+    let ok = a
+        .client
+        .post(
+            &format!("/api/v1/recommendations/{id}/approve"),
+            Some(APPROVER),
+            json!({}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    a.tick(1).await; // a applies it
+    let paused = a
+        .client
+        .post("/api/v1/workloads/shop/api/pause", Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(paused.status, 200);
+    b.tick(1).await;
+    let wb = b
+        .client
+        .get("/api/v1/workloads/shop/web", Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(
+        wb["current_replicas"], rec["to_replicas"],
+        "b publishes what a applied: {wb}"
+    );
+    let api = b
+        .client
+        .get("/api/v1/workloads/shop/api", Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(api["paused"], true, "b sees a's pause");
+    let applies = b
+        .client
+        .get(&format!("/api/v1/audit?target={id}"), Some(VIEWER))
+        .await
+        .json();
+    let n = applies
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "apply")
+        .count();
+    assert_eq!(n, 1, "applied once between the two");
+}

@@ -645,6 +645,83 @@ impl Store {
         row.as_ref().map(rec_from_row).transpose()
     }
 
+    /// Every workload's controls, by `namespace/workload`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn all_controls(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Controls>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT namespace, workload, paused, pinned_replicas, pinned_until FROM controls",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let ns: String = r.try_get("namespace")?;
+                let wl: String = r.try_get("workload")?;
+                let pinned: Option<i64> = r.try_get("pinned_replicas")?;
+                Ok((
+                    format!("{ns}/{wl}"),
+                    Controls {
+                        paused: r.try_get::<i64, _>("paused")? != 0,
+                        pinned_replicas: pinned.and_then(|p| u32::try_from(p).ok()),
+                        pinned_until: r.try_get("pinned_until")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Every workload's overrides, by `namespace/workload`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn all_overrides(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<Override>>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT namespace, workload FROM overrides")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in &rows {
+            let ns: String = r.try_get("namespace")?;
+            let wl: String = r.try_get("workload")?;
+            let list = self.overrides(&ns, &wl).await?;
+            out.insert(format!("{ns}/{wl}"), list);
+        }
+        Ok(out)
+    }
+
+    /// The replicas of each workload's newest applied recommendation, by `namespace/workload`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn all_last_applied(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.namespace, r.workload, r.to_replicas FROM recommendations r \
+             WHERE r.state = 'applied' AND r.updated_at = (SELECT MAX(x.updated_at) FROM recommendations x \
+             WHERE x.namespace = r.namespace AND x.workload = r.workload AND x.state = 'applied') \
+             ORDER BY r.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let ns: String = r.try_get("namespace")?;
+                let wl: String = r.try_get("workload")?;
+                let to: i64 = r.try_get("to_replicas")?;
+                Ok((
+                    format!("{ns}/{wl}"),
+                    u32::try_from(to).map_err(|_| StoreError::Corrupt("to_replicas".into()))?,
+                ))
+            })
+            .collect()
+    }
+
     /// The audit log, newest first; only entries about `target` when given.
     ///
     /// # Errors
