@@ -216,6 +216,9 @@ pub struct Shared {
     pub loop_now: std::sync::atomic::AtomicI64,
     /// Scheduled overrides per workload, mirrored from the store.
     pub overrides: RwLock<std::collections::HashMap<String, Vec<Override>>>,
+    /// False while too many workloads fail at once (more than half, two loops running): then
+    /// no workload is scaled down anywhere, since the data that looks fine may be partial.
+    pub safe_to_act: std::sync::atomic::AtomicBool,
     /// Forecasts on demand for the API: (`namespace/name`, steps) to the forecast.
     pub forecaster: std::sync::OnceLock<ForecastFn>,
     /// Recent observed demand, for the review page's charts.
@@ -264,7 +267,14 @@ pub struct Service {
     tick: Duration,
     last_snapshot: Mutex<Option<std::time::Instant>>,
     actuator: Option<Arc<dyn Actuator>>,
+    /// Consecutive loops with more than half of the workloads failing.
+    failing_loops: std::sync::atomic::AtomicU32,
 }
+
+/// Share of failing workloads above which a loop counts as unhealthy.
+const UNSAFE_FAILING_SHARE: f64 = 0.5;
+/// Unhealthy loops in a row before scale-downs stop everywhere.
+const UNSAFE_LOOPS: u32 = 2;
 
 /// How long a workload is left alone after the actuator was refused for a reason that a
 /// retry next loop would not fix (403, 404, another autoscaler, paused).
@@ -334,6 +344,7 @@ impl Service {
             controls: RwLock::new(std::collections::HashMap::new()),
             overrides: RwLock::new(std::collections::HashMap::new()),
             loop_now: std::sync::atomic::AtomicI64::new(0),
+            safe_to_act: std::sync::atomic::AtomicBool::new(true),
             forecaster: std::sync::OnceLock::new(),
             recent: std::sync::OnceLock::new(),
         });
@@ -448,6 +459,7 @@ impl Service {
             tick,
             last_snapshot: Mutex::new(None),
             actuator,
+            failing_loops: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -569,7 +581,10 @@ impl Service {
                         let key = r.cfg.key();
                         let controls = shared2.controls_of(&key);
                         let floor = shared2.scheduled_minimum(&key, now);
-                        r.process(fetched, now, &shared2.metrics, &controls, floor)
+                        let safe = shared2
+                            .safe_to_act
+                            .load(std::sync::atomic::Ordering::SeqCst);
+                        r.process(fetched, now, &shared2.metrics, &controls, floor, safe)
                     })
                     .await
                     .unwrap_or_default();
@@ -605,6 +620,7 @@ impl Service {
             .collect::<Vec<()>>()
             .await;
         self.apply_approved(now).await;
+        self.update_safety();
         self.publish_views();
         self.snapshot(false);
         self.shared
@@ -655,6 +671,33 @@ impl Service {
             *o = overrides;
         }
         Ok(())
+    }
+
+    /// Counts failing workloads; more than half for two loops in a row stops scale-downs
+    /// everywhere until a loop is healthy again.
+    fn update_safety(&self) {
+        use std::sync::atomic::Ordering;
+        let total = self.runtimes.len().max(1);
+        let failing = self
+            .runtimes
+            .iter()
+            .filter(|rt| {
+                rt.lock()
+                    .is_ok_and(|r| r.view.state == WorkloadState::Degraded)
+            })
+            .count();
+        let unhealthy = failing as f64 / total as f64 > UNSAFE_FAILING_SHARE;
+        let n = if unhealthy {
+            self.failing_loops.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.failing_loops.store(0, Ordering::SeqCst);
+            0
+        };
+        let safe = n < UNSAFE_LOOPS;
+        if self.shared.safe_to_act.swap(safe, Ordering::SeqCst) != safe {
+            tracing::warn!(failing, total, safe_to_act = safe, "Safety to act changed");
+        }
+        self.shared.metrics.safe_to_act.set(i64::from(safe));
     }
 
     fn runtime(&self, key: &str) -> Option<&Arc<Mutex<Runtime>>> {
@@ -804,6 +847,7 @@ impl Runtime {
         metrics: &Metrics,
         controls: &Controls,
         floor: Option<u32>,
+        safe_to_act: bool,
     ) -> Step {
         let w = self.labels.clone();
         let demand = match fetched {
@@ -871,11 +915,21 @@ impl Runtime {
         let floored = floor
             .map(|f| f.min(pc.max_replicas))
             .filter(|f| *f > decision.desired_replicas);
-        let desired = pinned.or(floored).unwrap_or(decision.desired_replicas);
+        // While too many workloads fail, nothing goes down (the data may be partial).
+        let held = self
+            .current
+            .filter(|c| !safe_to_act && decision.desired_replicas < *c);
+        let floored = floored.filter(|f| held.is_none_or(|h| *f > h));
+        let desired = pinned
+            .or(floored)
+            .or(held)
+            .unwrap_or(decision.desired_replicas);
         let term = if pinned.is_some() {
             "pinned"
         } else if floored.is_some() {
             "scheduled_minimum"
+        } else if held.is_some() {
+            "safety_hold"
         } else {
             decision.reason.term.as_str()
         };
@@ -952,7 +1006,7 @@ impl Runtime {
         let terms: Vec<&str> = TERMS
             .iter()
             .map(|t| t.as_str())
-            .chain(["pinned", "scheduled_minimum"])
+            .chain(["pinned", "scheduled_minimum", "safety_hold"])
             .collect();
         Metrics::one_hot(&metrics.term, &terms, term, |v| TermLabels {
             namespace: w.namespace.clone(),

@@ -129,6 +129,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// `prescale_workloads`: workloads configured.
     pub workloads: Gauge,
+    /// `prescale_safe_to_act`: 0 while too many workloads fail and scale-downs are held.
+    pub safe_to_act: Gauge,
     /// `prescale_actuations_total`: `/scale` actuator outcomes per workload.
     pub actuations: Family<ActuationLabels, Counter>,
 }
@@ -159,6 +161,7 @@ impl Metrics {
             errors: Family::default(),
             workloads: Gauge::default(),
             actuations: Family::default(),
+            safe_to_act: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -227,6 +230,12 @@ impl Metrics {
             m.errors.clone(),
         );
         registry.register("workloads", "Workloads configured", m.workloads.clone());
+        m.safe_to_act.set(1);
+        registry.register(
+            "safe_to_act",
+            "1 normally; 0 while more than half of the workloads fail and no workload is scaled down",
+            m.safe_to_act.clone(),
+        );
         registry.register(
             "actuations",
             "Outcomes of the /scale actuator: written, unchanged, or the error kind",

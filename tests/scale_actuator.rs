@@ -904,6 +904,85 @@ mod service {
         assert_eq!(lists, 1);
     }
 
+    /// Plays `demo:0` from a trace that falls from 900 to 100; every other query fails.
+    struct Partial(TraceSource);
+
+    #[async_trait::async_trait]
+    impl MetricSource for Partial {
+        async fn fetch(&self, q: &str, w: TimeWindow) -> Result<Vec<Sample>, CollectError> {
+            if q == "demo:0" {
+                self.0.fetch(q, w).await
+            } else {
+                Err(CollectError::Empty)
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_most_workloads_fail_nothing_is_scaled_down() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..600 {
+            let v = if i < 500 { 900.0 } else { 100.0 };
+            csv.push_str(&format!("{},{v}\n", i * STEP));
+        }
+        let falling = Trace::parse(std::path::Path::new("fall.csv"), csv.as_bytes()).unwrap();
+        let world = world_with(1);
+        let addr = fake_api(world.clone()).await;
+        let data = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
+             loop: {{interval: 60s, history: 6h}}\n\
+             data_dir: '{}'\n\
+             kubernetes: {{api_url: 'http://{addr}', timeout: 2s}}\n\
+             workloads:\n\
+             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, max_replicas: 20, mode: auto, actuator: scale}}\n\
+             - {{namespace: shop, name: b, demand_query: 'demo:1', capacity_per_replica: 100, max_replicas: 20}}\n\
+             - {{namespace: shop, name: c, demand_query: 'demo:2', capacity_per_replica: 100, max_replicas: 20}}\n",
+            data.path().display()
+        );
+        let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+        let (actuator, _) = prescale::app::scale_actuator(&cfg.kubernetes)
+            .await
+            .unwrap();
+        let timeline = Timeline::Virtual {
+            now: std::sync::atomic::AtomicI64::new(0),
+            per_tick: STEP,
+        };
+        let source = Arc::new(Partial(TraceSource::new(&falling)));
+        let svc = Service::with_actuator(
+            cfg,
+            source,
+            timeline,
+            STEP as u64,
+            Duration::from_secs(1),
+            Some(actuator),
+        )
+        .unwrap();
+        for t in (480..=499).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        let high = replicas(&world, "deployments", "web");
+        assert!(high >= 9, "{high}");
+        for t in (500..=560).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        assert_eq!(
+            replicas(&world, "deployments", "web"),
+            high,
+            "held while 2 of 3 workloads fail"
+        );
+        let v = view(&svc);
+        assert_eq!(v.term.as_deref(), Some("safety_hold"));
+        assert!(v.desired_replicas.unwrap() >= high as u32);
+        assert!(
+            svc.shared()
+                .metrics
+                .encode_text()
+                .contains("prescale_safe_to_act 0")
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn missing_data_never_touches_the_deployment() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
