@@ -813,6 +813,11 @@ mod service {
         let addr = fake_api(world.clone()).await;
         let data = tempfile::tempdir().unwrap();
         let cfg = config(addr, data.path());
+        (build(cfg, source, start).await, data)
+    }
+
+    /// The service on `cfg` with prescale's own /scale actuator, on a virtual clock.
+    async fn build(cfg: Config, source: Arc<dyn MetricSource>, start: i64) -> Service {
         let (actuator, _) = prescale::app::scale_actuator(&cfg.kubernetes)
             .await
             .unwrap();
@@ -820,7 +825,7 @@ mod service {
             now: std::sync::atomic::AtomicI64::new(start),
             per_tick: STEP,
         };
-        let svc = Service::with_actuator(
+        Service::with_actuator(
             cfg,
             source,
             timeline,
@@ -828,8 +833,7 @@ mod service {
             Duration::from_secs(1),
             Some(actuator),
         )
-        .unwrap();
-        (svc, data)
+        .unwrap()
     }
 
     fn view(svc: &Service) -> prescale::app::WorkloadView {
@@ -942,23 +946,8 @@ mod service {
             data.path().display()
         );
         let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
-        let (actuator, _) = prescale::app::scale_actuator(&cfg.kubernetes)
-            .await
-            .unwrap();
-        let timeline = Timeline::Virtual {
-            now: std::sync::atomic::AtomicI64::new(0),
-            per_tick: STEP,
-        };
         let source = Arc::new(Partial(TraceSource::new(&falling)));
-        let svc = Service::with_actuator(
-            cfg,
-            source,
-            timeline,
-            STEP as u64,
-            Duration::from_secs(1),
-            Some(actuator),
-        )
-        .unwrap();
+        let svc = build(cfg, source, 0).await;
         for t in (480..=499).map(|i| i * STEP) {
             svc.run_once(t).await;
         }
