@@ -123,3 +123,63 @@ fn the_review_page_shows_recommendations_and_charts() {
     assert!(forecast > 200, "forecast line: {forecast} px");
     assert!(demand > 1_000, "demand line and text: {demand} px");
 }
+
+#[test]
+fn approving_on_the_page_approves_with_the_typed_token() {
+    // playwright-core (npm registry) drives Debian's chromium; installed once per target dir.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("playwright");
+    if !dir.join("node_modules/playwright-core").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .arg("playwright-core@1.64.1")
+            .output()
+            .expect("npm (Debian's nodejs and npm)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let script = dir.join("page_click.mjs");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/page_click.mjs"),
+        &script,
+    )
+    .unwrap();
+
+    // A slow loop (one every 10 s), so the pending recommendation is still the newest one
+    // when the button is clicked.
+    let data = tempfile::tempdir().unwrap();
+    let (_child, port, token) = common::start_demo_with(data.path(), &[], "10s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(port, "/api/v1/recommendations?state=pending")
+        .is_some_and(|(_, b)| b.contains("\"id\""))
+    {
+        assert!(Instant::now() < deadline, "no pending recommendation");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_str().unwrap();
+    assert!(v["refused"].as_str().unwrap().starts_with("401"), "{v}");
+    assert_eq!(v["approved"].as_str().unwrap(), format!("approved: {id}"));
+    let (_, body) = http_get(port, &format!("/api/v1/recommendations/{id}")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        matches!(rec["state"].as_str(), Some("approved" | "applied")),
+        "{rec}"
+    );
+    assert_eq!(rec["decided_by"], "demo");
+}

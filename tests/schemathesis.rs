@@ -16,8 +16,11 @@ use common::start_demo_with;
 #[test]
 fn the_api_matches_its_openapi_document() {
     let data = tempfile::tempdir().unwrap();
-    let (_child, port, token) =
-        start_demo_with(data.path(), &[("PRESCALE_API_ANONYMOUS_READ", "false")]);
+    let (_child, port, token) = start_demo_with(
+        data.path(),
+        &[("PRESCALE_API_ANONYMOUS_READ", "false")],
+        "1s",
+    );
     let out = Command::new("schemathesis")
         .arg("run")
         .arg(format!("http://127.0.0.1:{port}/api/v1/openapi.json"))

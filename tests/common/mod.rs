@@ -153,17 +153,21 @@ impl Drop for Postgres {
 /// token it printed. Its stdout is drained in the background.
 #[allow(clippy::disallowed_methods)] // waiting for a child process
 pub fn start_demo(data: &std::path::Path) -> (Kill, u16, String) {
-    start_demo_with(data, &[])
+    start_demo_with(data, &[], "1s")
 }
 
-/// As [`start_demo`], with extra environment variables.
+/// As [`start_demo`], with extra environment variables and a given loop tick.
 #[allow(clippy::disallowed_methods)] // waiting for a child process
-pub fn start_demo_with(data: &std::path::Path, env: &[(&str, &str)]) -> (Kill, u16, String) {
+pub fn start_demo_with(
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+    tick: &str,
+) -> (Kill, u16, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let (http, grpc) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_prescale"))
-        .args(["serve", "--demo-tick", "1s"])
+        .args(["serve", "--demo-tick", tick])
         .env("PRESCALE_LISTEN_HTTP", format!("127.0.0.1:{http}"))
         .env("PRESCALE_LISTEN_GRPC", format!("127.0.0.1:{grpc}"))
         .env("PRESCALE_DATA_DIR", data)
