@@ -656,12 +656,7 @@ impl Service {
                 && let Some(to) = applied.get(&r.cfg.key())
                 && r.current != Some(*to)
             {
-                r.current = Some(*to);
-                r.view.current_replicas = Some(*to);
-                r.publication.desired_replicas = *to;
-                if r.publication.unavailable.as_deref() == Some(NOTHING_APPLIED) {
-                    r.publication.unavailable = None;
-                }
+                r.set_applied(*to);
             }
         }
         if let Ok(mut c) = self.shared.controls.write() {
@@ -759,13 +754,8 @@ impl Service {
             let (state, detail) = match &outcome {
                 Ok(a) => {
                     if let Ok(mut r) = rt.lock() {
-                        r.current = Some(a.replicas);
-                        r.view.current_replicas = Some(a.replicas);
+                        r.set_applied(a.replicas);
                         r.proposed = None;
-                        r.publication.desired_replicas = a.replicas;
-                        if r.publication.unavailable.as_deref() == Some(NOTHING_APPLIED) {
-                            r.publication.unavailable = None;
-                        }
                     }
                     let how = if kind == ActuatorKind::Keda {
                         "published to KEDA"
@@ -933,12 +923,7 @@ impl Runtime {
         } else {
             decision.reason.term.as_str()
         };
-        let limits = Limits {
-            min_replicas: pc.min_replicas,
-            max_replicas: pc.max_replicas,
-            max_step_up: pc.max_step_up,
-            max_step_down: pc.max_step_down,
-        };
+        let limits = self.limits();
         let acts = !controls.paused;
         // What counts as applied: without the /scale actuator in auto mode, what was decided
         // (KEDA's HPA lands on it; observe mode is a dry run); with it, only what the API
@@ -1092,6 +1077,17 @@ impl Runtime {
             namespace: self.cfg.namespace.clone(),
             name: self.cfg.name.clone(),
             kind: self.cfg.kind,
+        }
+    }
+
+    /// Records that `replicas` were applied (recommend mode): they become current and are
+    /// what KEDA is served from now on.
+    fn set_applied(&mut self, replicas: u32) {
+        self.current = Some(replicas);
+        self.view.current_replicas = Some(replicas);
+        self.publication.desired_replicas = replicas;
+        if self.publication.unavailable.as_deref() == Some(NOTHING_APPLIED) {
+            self.publication.unavailable = None;
         }
     }
 
