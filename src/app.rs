@@ -211,6 +211,9 @@ pub struct Shared {
     pub store: std::sync::OnceLock<Store>,
     /// Pause and pin per workload (`namespace/name`), mirrored from the store.
     pub controls: RwLock<std::collections::HashMap<String, Controls>>,
+    /// Bumped by every change of `controls` made through this replica's API, so a mirror of
+    /// the store read before that change does not undo it.
+    controls_version: std::sync::atomic::AtomicU64,
     /// The time of the latest loop (Unix seconds; virtual in the demo): decisions made through
     /// the API are timed on the loop's clock, so expiry compares like with like.
     pub loop_now: std::sync::atomic::AtomicI64,
@@ -223,9 +226,21 @@ pub struct Shared {
     pub forecaster: std::sync::OnceLock<ForecastFn>,
     /// Recent observed demand, for the review page's charts.
     pub recent: std::sync::OnceLock<RecentFn>,
+    /// Woken by an approval, so the loop applies it without waiting for its next tick.
+    pub approvals: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// Records a workload's controls as the store now has them (after a change through the
+    /// API).
+    pub fn set_controls(&self, key: String, c: Controls) {
+        if let Ok(mut m) = self.controls.write() {
+            m.insert(key, c);
+            self.controls_version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// A workload's controls (defaults when none were set).
     pub fn controls_of(&self, key: &str) -> Controls {
         self.controls
@@ -283,6 +298,10 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(300);
 /// While the desired replicas equal the last replicas read, `/scale` is re-read only this
 /// often (to notice someone else's change) rather than every loop: API server load.
 const RESYNC_EVERY: Duration = Duration::from_secs(300);
+
+/// Loops after its approval within which an approved recommendation must be applied (once
+/// past its `valid_until`); later it fails as expired.
+const APPLY_GRACE_STEPS: i64 = 3;
 
 /// Least time between two snapshots while running.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
@@ -342,11 +361,13 @@ impl Service {
             )),
             store: std::sync::OnceLock::new(),
             controls: RwLock::new(std::collections::HashMap::new()),
+            controls_version: std::sync::atomic::AtomicU64::new(0),
             overrides: RwLock::new(std::collections::HashMap::new()),
             loop_now: std::sync::atomic::AtomicI64::new(0),
             safe_to_act: std::sync::atomic::AtomicBool::new(true),
             forecaster: std::sync::OnceLock::new(),
             recent: std::sync::OnceLock::new(),
+            approvals: tokio::sync::Notify::new(),
         });
         shared
             .metrics
@@ -493,7 +514,11 @@ impl Service {
                     mode: rt.cfg.mode,
                     ..v.clone()
                 };
-                rt.current = v.current_replicas;
+                // Where the truth is `/scale`, replicas from a snapshot are only a guess: the
+                // workload is read again before anything is decided from them.
+                if !rt.reads_scale() {
+                    rt.current = v.current_replicas;
+                }
                 n += 1;
             }
         }
@@ -647,12 +672,17 @@ impl Service {
     /// last applied replicas. Done at start and every loop, so with several replicas on one
     /// PostgreSQL a pause or an approval made through any of them reaches all of them.
     async fn sync_from_store(&self, store: &Store) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let version = self.shared.controls_version.load(Ordering::SeqCst);
         let controls = store.all_controls().await?;
         let overrides = store.all_overrides().await?;
         let applied = store.all_last_applied().await?;
         for rt in &self.runtimes {
+            // With the /scale actuator the replicas read from the cluster are the truth; with
+            // KEDA, what was last applied is what is published.
             if let Ok(mut r) = rt.lock()
                 && r.cfg.mode == Mode::Recommend
+                && r.cfg.actuator == ActuatorKind::Keda
                 && let Some(to) = applied.get(&r.cfg.key())
                 && r.current != Some(*to)
             {
@@ -660,7 +690,10 @@ impl Service {
             }
         }
         if let Ok(mut c) = self.shared.controls.write() {
-            *c = controls;
+            // A change made through the API while we read is newer than what we read.
+            if self.shared.controls_version.load(Ordering::SeqCst) == version {
+                *c = controls;
+            }
         }
         if let Ok(mut o) = self.shared.overrides.write() {
             *o = overrides;
@@ -719,37 +752,90 @@ impl Service {
                 return;
             }
         };
+        use std::sync::atomic::Ordering;
+        let grace = APPLY_GRACE_STEPS * self.step as i64;
         for rec in approved {
             let key = format!("{}/{}", rec.namespace, rec.workload);
-            let Some(rt) = self.runtime(&key) else {
-                let _ = store
-                    .finish(
-                        &rec.id,
-                        RecState::Failed,
-                        "target_gone: not in the config",
-                        now,
-                    )
-                    .await;
-                continue;
-            };
-            if self.shared.controls_of(&key).paused {
+            let decided = rec.decided_at.unwrap_or(rec.created_at);
+            if now > rec.valid_until.max(decided + grace) {
+                // Held too long (paused, not the leader, unsafe, a config without it): the
+                // forecast it was approved on is old now; a fresh recommendation will come.
+                self.fail(
+                    store,
+                    &rec,
+                    "expired: approved but not applied in time",
+                    now,
+                )
+                .await;
                 continue;
             }
-            let (kind, target, limits, previous) = match rt.lock() {
-                Ok(r) => (r.cfg.actuator, r.target(), r.limits(), r.current),
+            // Not in this replica's config: perhaps in another's, while a new config rolls
+            // out. Left approved for them; it expires above if nobody has it.
+            let Some(rt) = self.runtime(&key) else {
+                continue;
+            };
+            let controls = self.shared.controls_of(&key);
+            if controls.paused {
+                continue;
+            }
+            let (mode, kind, target, mut limits, previous) = match rt.lock() {
+                Ok(r) => (
+                    r.cfg.mode,
+                    r.cfg.actuator,
+                    r.target(),
+                    r.limits(),
+                    r.current,
+                ),
                 Err(_) => continue,
             };
-            let outcome = match (kind, &self.actuator) {
-                (ActuatorKind::Scale, Some(a)) => {
-                    a.apply(&target, rec.to_replicas, limits, Some(rec.from_replicas))
-                        .await
+            if mode != Mode::Recommend {
+                let why = format!("mode_changed: the workload is in {} mode", mode.as_str());
+                self.fail(store, &rec, &why, now).await;
+                continue;
+            }
+            // A pin is the most explicit wish: an approval of something else is not applied.
+            let pin = controls
+                .pinned_replicas
+                .filter(|_| controls.pinned_until.is_some_and(|u| u > now))
+                .map(|p| p.clamp(limits.min_replicas, limits.max_replicas));
+            if let Some(p) = pin
+                && p != rec.to_replicas
+            {
+                let why = format!("pinned: the workload is pinned to {p} replicas");
+                self.fail(store, &rec, &why, now).await;
+                continue;
+            }
+            // A scheduled minimum open now raises what is applied.
+            let to = self
+                .shared
+                .scheduled_minimum(&key, now)
+                .map_or(rec.to_replicas, |f| {
+                    rec.to_replicas.max(f.min(limits.max_replicas))
+                });
+            // While too many workloads fail, nothing goes down: held, still approved.
+            if !self.shared.safe_to_act.load(Ordering::SeqCst) {
+                if previous.is_none_or(|c| to < c) {
+                    continue;
                 }
+                limits.no_decrease = true;
+            }
+            let expect = rec.reason.from_known.then_some(rec.from_replicas);
+            let outcome = match (kind, &self.actuator) {
+                (ActuatorKind::Scale, Some(a)) => a.apply(&target, to, limits, expect).await,
                 (ActuatorKind::Scale, None) => Err(no_kube()),
-                (ActuatorKind::Keda, _) => Ok(Applied {
-                    previous: previous.unwrap_or(rec.from_replicas),
-                    replicas: limits.clamp(rec.to_replicas, rec.to_replicas),
-                    written: true,
-                }),
+                // What KEDA is served moved since the recommendation was made (another one was
+                // applied): this one no longer starts from what is there.
+                (ActuatorKind::Keda, _) => match previous {
+                    Some(c) if c != to && Some(c) != expect => Err(ActuateError::Stale {
+                        observed: c,
+                        expected: rec.from_replicas,
+                    }),
+                    _ => Ok(Applied {
+                        previous: previous.unwrap_or(rec.from_replicas),
+                        replicas: limits.clamp(to, to),
+                        written: true,
+                    }),
+                },
             };
             let (state, detail) = match &outcome {
                 Ok(a) => {
@@ -762,9 +848,14 @@ impl Service {
                     } else {
                         "scaled"
                     };
+                    let raised = if to == rec.to_replicas {
+                        ""
+                    } else {
+                        " (raised to the scheduled minimum)"
+                    };
                     (
                         RecState::Applied,
-                        format!("{how} {} -> {}", a.previous, a.replicas),
+                        format!("{how} {} -> {}{raised}", a.previous, a.replicas),
                     )
                 }
                 // Transient, or someone else's turn: stays approved, tried again next loop.
@@ -782,6 +873,15 @@ impl Service {
                 Ok(false) => {}
                 Err(e) => count(&self.shared.metrics, "store", e.kind()),
             }
+        }
+    }
+
+    /// Records that an approved recommendation will not be applied, and why.
+    async fn fail(&self, store: &Store, rec: &Recommendation, why: &str, now: Timestamp) {
+        match store.finish(&rec.id, RecState::Failed, why, now).await {
+            Ok(true) => tracing::info!(id = %rec.id, why, "Approved recommendation not applied"),
+            Ok(false) => {}
+            Err(e) => count(&self.shared.metrics, "store", e.kind()),
         }
     }
 
@@ -816,6 +916,13 @@ impl Service {
                     let now = self.timeline.tick();
                     self.run_once(now).await;
                 }
+                () = self.shared.approvals.notified() => {
+                    // Only after a first loop: before it, nothing is known to apply against.
+                    if self.shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                        self.apply_approved(self.shared.now()).await;
+                        self.publish_views();
+                    }
+                }
             }
         }
         self.snapshot(true);
@@ -826,6 +933,11 @@ impl Runtime {
     /// Whether prescale itself writes this workload's `/scale`.
     fn scales_directly(&self) -> bool {
         self.cfg.mode == Mode::Auto && self.cfg.actuator == ActuatorKind::Scale
+    }
+
+    /// Whether this workload's replicas are learned by reading `/scale`.
+    fn reads_scale(&self) -> bool {
+        self.cfg.mode != Mode::Observe && self.cfg.actuator == ActuatorKind::Scale
     }
 
     /// Folds new samples in, forecasts, decides, and updates the view, the publication and
@@ -923,7 +1035,10 @@ impl Runtime {
         } else {
             decision.reason.term.as_str()
         };
-        let limits = self.limits();
+        let mut limits = self.limits();
+        // Decided without the real replicas, or while scale-downs are unsafe: a write may
+        // raise the workload but never lower it.
+        limits.no_decrease = self.current.is_none() || !safe_to_act;
         let acts = !controls.paused;
         // What counts as applied: without the /scale actuator in auto mode, what was decided
         // (KEDA's HPA lands on it; observe mode is a dry run); with it, only what the API
@@ -1051,16 +1166,25 @@ impl Runtime {
         if demand.is_none() || !acts {
             return step;
         }
+        let due = self
+            .next_attempt
+            .is_none_or(|t| std::time::Instant::now() >= t);
+        let resync = self.last_read.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
+        if self.cfg.mode == Mode::Recommend && self.cfg.actuator == ActuatorKind::Scale {
+            // Recommendations start from the replicas really there: read `/scale` (no write)
+            // first, and again now and then; nothing is proposed until it is known.
+            if due && (self.current.is_none() || resync) {
+                step.apply = Some((self.target(), desired, limits.read_only()));
+            }
+            if self.current.is_none() {
+                return step;
+            }
+        }
         match self.cfg.mode {
-            Mode::Auto if self.scales_directly() => {
-                let due = self
-                    .next_attempt
-                    .is_none_or(|t| std::time::Instant::now() >= t);
-                let needed = self.current != Some(desired)
-                    || self.last_read.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
-                if due && needed {
-                    step.apply = Some((self.target(), desired, limits));
-                }
+            Mode::Auto
+                if self.scales_directly() && due && (self.current != Some(desired) || resync) =>
+            {
+                step.apply = Some((self.target(), desired, limits));
             }
             Mode::Recommend if self.current != Some(desired) && self.proposed != Some(desired) => {
                 self.proposed = Some(desired);
@@ -1098,6 +1222,8 @@ impl Runtime {
             max_replicas: pc.max_replicas,
             max_step_up: pc.max_step_up,
             max_step_down: pc.max_step_down,
+            no_decrease: false,
+            no_increase: false,
         }
     }
 
@@ -1111,9 +1237,11 @@ impl Runtime {
         now: Timestamp,
     ) -> Recommendation {
         let from = self.current.unwrap_or(self.cfg.min_replicas);
-        let autonomous = self.cfg.auto_approve_scale_up_percent.is_some_and(|pct| {
-            desired > from && f64::from(desired - from) <= pct / 100.0 * f64::from(from.max(1))
-        });
+        // From an unknown baseline "2 -> 3" may really be "20 -> 3": a person decides.
+        let autonomous = self.current.is_some()
+            && self.cfg.auto_approve_scale_up_percent.is_some_and(|pct| {
+                desired > from && f64::from(desired - from) <= pct / 100.0 * f64::from(from.max(1))
+            });
         Recommendation {
             id: new_id(),
             namespace: self.cfg.namespace.clone(),
@@ -1134,6 +1262,7 @@ impl Runtime {
                 quantile: d.reason.quantile,
                 lead_seconds: d.reason.lead_seconds,
                 model: d.reason.model.to_string(),
+                from_known: self.current.is_some(),
             },
             decided_by: autonomous.then(|| AUTONOMY.to_string()),
             decided_at: autonomous.then_some(now),
@@ -1163,8 +1292,12 @@ impl Runtime {
                 }
             }
             Err(e) => {
-                // Followers meet NotLeader every loop: expected, not worth a warning.
+                // Followers meet NotLeader every loop: expected, not worth a warning. What a
+                // follower knew of the replicas is stale by the time it leads: forgotten.
                 if matches!(e, ActuateError::NotLeader) {
+                    self.current = None;
+                    self.last_read = None;
+                    self.view.current_replicas = None;
                     tracing::debug!(workload = %self.cfg.key(), "Not the leader; not scaled");
                 } else {
                     tracing::warn!(workload = %self.cfg.key(), error = %e, "Not scaled");
@@ -1237,6 +1370,7 @@ fn applied_record(t: &Target, a: Applied, p: &Publication, now: Timestamp) -> Re
             quantile: p.quantile.unwrap_or(0.0),
             lead_seconds: 0,
             model: String::new(),
+            from_known: true,
         },
         decided_by: Some(AUTO.to_string()),
         decided_at: Some(now),

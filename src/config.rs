@@ -327,8 +327,9 @@ pub struct WorkloadConfig {
     /// Quantile of demand to forecast (overrides the preset's).
     #[serde(default)]
     pub quantile: Option<f64>,
-    /// `keda` (published for KEDA to apply) or `scale` (prescale writes `/scale` itself, in
-    /// `auto` mode only).
+    /// `keda` (published for KEDA to apply) or `scale` (prescale writes `/scale` itself: in
+    /// `auto` mode what it decides, in `recommend` mode what was approved, after reading the
+    /// replicas really there).
     #[serde(default)]
     pub actuator: ActuatorKind,
     /// `recommend` mode: how long a recommendation waits for a decision before it expires.
@@ -715,6 +716,19 @@ impl Config {
             if l.duration < Duration::from_secs(3) {
                 return Err(invalid("kubernetes.lease.duration", "must be at least 3s"));
             }
+            // The holder acts for two thirds of the duration after a renewal and checks the
+            // Lease before every attempt of a write; an attempt started at the end of that
+            // window must be over before another replica may take the Lease.
+            if kube.timeout * 3 > l.duration {
+                return Err(invalid(
+                    "kubernetes.timeout",
+                    format!(
+                        "must be at most a third of kubernetes.lease.duration ({:?}), so a write \
+                         started by the holder ends before the Lease can pass to another replica",
+                        l.duration
+                    ),
+                ));
+            }
         }
         if !(256..=16 * 1024 * 1024).contains(&self.api.max_body_bytes) {
             return Err(invalid("api.max_body_bytes", "must be in 256..=16 MiB"));
@@ -885,11 +899,26 @@ workloads:
                 format!("{GOOD}loop:\n  interval: 2s\n"),
                 "prometheus.timeout",
             ),
+            (
+                format!(
+                    "{GOOD}kubernetes:\n  timeout: 6s\n  lease:\n    namespace: p\n    duration: 15s\n"
+                ),
+                "kubernetes.timeout",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(&text).unwrap_err();
             assert!(e.to_string().contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn a_lease_with_a_timeout_of_a_third_of_its_duration_is_accepted() {
+        let text = format!(
+            "{GOOD}kubernetes:\n  timeout: 5s\n  lease:\n    namespace: p\n    duration: 15s\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.kubernetes.timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
         let needs_kube = cfg
             .workloads
             .iter()
-            .any(|w| w.mode == Mode::Auto && w.actuator == ActuatorKind::Scale);
+            .any(|w| w.mode != Mode::Observe && w.actuator == ActuatorKind::Scale);
         let actuator = if needs_kube {
             let (actuator, leader) = prescale::app::scale_actuator(&cfg.kubernetes).await?;
             if let Some(leader) = leader {

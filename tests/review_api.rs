@@ -21,7 +21,7 @@ use prescale::app::{Service, Timeline};
 use prescale::collector::TraceSource;
 use prescale::config::Config;
 use prescale::sim::Trace;
-use prescale::store::Store;
+use prescale::store::{RecState, Recommendation, RecommendationReason, Store, new_id};
 
 const VIEWER: &str = "viewer-token-0123456789";
 const APPROVER: &str = "approver-token-0123456789";
@@ -135,6 +135,11 @@ impl Setup {
 }
 
 async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
+    setup_with(store_url, socket, Duration::from_secs(1)).await
+}
+
+/// As [`setup`], with the loop's tick when it is run by `Service::run`.
+async fn setup_with(store_url: Option<&str>, socket: bool, tick: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa_5min_14d.csv");
@@ -159,7 +164,7 @@ async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
             per_tick: STEP,
         },
         STEP as u64,
-        Duration::from_secs(1),
+        tick,
     )
     .unwrap();
     let url = store_url.map_or_else(|| Store::sqlite_url(dir.path()), str::to_string);
@@ -196,6 +201,18 @@ async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
     s
 }
 
+/// Approves `id` as the approver; the answer must be 200.
+async fn approve(c: &Client, id: &str) {
+    let a = c
+        .post(
+            &format!("/api/v1/recommendations/{id}/approve"),
+            Some(APPROVER),
+            json!({}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
 async fn pending(c: &Client, workload: &str) -> Vec<Value> {
     let a = c
         .get(
@@ -222,6 +239,15 @@ async fn suite(mut s: Setup) {
     let a = c.get("/api/v1/workloads", Some(VIEWER)).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json().as_array().unwrap().len(), 2);
+    // The page follows the API's read access: without a token, a shell asking for one and
+    // no data; with a viewer's, the workloads.
+    let a = c.get("/", None).await;
+    assert_eq!(a.status, 401);
+    assert!(a.text.contains("id=\"token\""), "{}", a.text);
+    assert!(!a.text.contains("shop/web") && !a.text.contains("Pending"));
+    let a = c.get("/", Some(VIEWER)).await;
+    assert_eq!(a.status, 200);
+    assert!(a.text.contains("<h3>shop/web</h3>"), "{}", a.text);
 
     // Recommend mode made a pending recommendation with its reason.
     let recs = pending(c, "web").await;
@@ -244,6 +270,8 @@ async fn suite(mut s: Setup) {
         assert!(rec["reason"].get(k).is_some(), "reason.{k}");
     }
     assert!(rec["valid_until"].as_i64().unwrap() > rec["created_at"].as_i64().unwrap());
+    // Nothing was published for KEDA yet: the starting point is not known, and says so.
+    assert_eq!(rec["reason"]["from_known"], false, "{rec}");
 
     // A viewer cannot approve; an approver can, once.
     let approve = format!("/api/v1/recommendations/{id}/approve");
@@ -626,15 +654,7 @@ async fn replicas_sharing_a_store_see_each_others_decisions() {
     let mut b = setup(Some(&url), false).await;
     let rec = pending(&a.client, "web").await[0].clone();
     let id = rec["id"].as_str().unwrap();
-    let ok = a
-        .client
-        .post(
-            &format!("/api/v1/recommendations/{id}/approve"),
-            Some(APPROVER),
-            json!({}),
-        )
-        .await;
-    assert_eq!(ok.status, 200, "{}", ok.text);
+    approve(&a.client, id).await;
     a.tick(1).await; // a applies it
     let paused = a
         .client
@@ -669,4 +689,198 @@ async fn replicas_sharing_a_store_see_each_others_decisions() {
         .filter(|e| e["action"] == "apply")
         .count();
     assert_eq!(n, 1, "applied once between the two");
+}
+
+fn current(s: &Setup, workload: &str) -> u32 {
+    s.service.shared().views.read().unwrap()[&format!("shop/{workload}")]
+        .current_replicas
+        .unwrap()
+}
+
+/// An approved recommendation as a person would have made it at `decided_at`.
+fn approved(from: u32, to: u32, created_at: i64, decided_at: i64) -> Recommendation {
+    Recommendation {
+        id: new_id(),
+        namespace: "shop".into(),
+        workload: "web".into(),
+        from_replicas: from,
+        to_replicas: to,
+        created_at,
+        valid_until: created_at + 1800,
+        state: RecState::Approved,
+        reason: RecommendationReason {
+            term: "forecast".into(),
+            forecast_peak: 1.0,
+            forecast_peak_at: None,
+            quantile: 0.9,
+            lead_seconds: 480,
+            model: "seasonal_naive".into(),
+            from_known: true,
+        },
+        decided_by: Some("alice".into()),
+        decided_at: Some(decided_at),
+        comment: None,
+        outcome: None,
+    }
+}
+
+/// Stores an approved recommendation, runs a loop, and returns it as the loop left it.
+async fn after_a_loop(s: &mut Setup, rec: Recommendation) -> Recommendation {
+    let store = s.service.shared().store.get().unwrap().clone();
+    store.create(&rec, "test").await.unwrap();
+    s.tick(1).await;
+    store.get(&rec.id).await.unwrap()
+}
+
+/// Checks a recommendation failed for `why` and the workload stayed at `base`.
+fn failed_for(s: &Setup, got: &Recommendation, why: &str, base: u32) {
+    assert_eq!(got.state, RecState::Failed, "{got:?}");
+    assert!(got.outcome.as_deref().unwrap().starts_with(why), "{got:?}");
+    assert_eq!(
+        current(s, "web"),
+        base,
+        "a refused approval changes nothing"
+    );
+}
+
+/// What applying an approval does depends on what holds when it is applied: a pin, a
+/// scheduled minimum, what is published now (staleness), and how long ago it was approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_applied_only_as_the_controls_allow() {
+    let mut s = setup(None, false).await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    // First, one approved through the API, to have a known published value.
+    let id = pending(&s.client, "web").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    approve(&s.client, &id).await;
+    s.tick(1).await;
+    assert_eq!(store.get(&id).await.unwrap().state, RecState::Applied);
+    let base = current(&s, "web");
+
+    // Stale: made from a value that is not what KEDA is served now.
+    let t = s.t;
+    let got = after_a_loop(&mut s, approved(base + 5, base + 7, t, t)).await;
+    failed_for(&s, &got, "stale", base);
+
+    // Too old: approved long ago and held since (past valid_until and the grace).
+    let old = approved(base, base + 3, s.t - 86_400, s.t - 86_000);
+    let got = after_a_loop(&mut s, old).await;
+    failed_for(&s, &got, "expired", base);
+
+    // Pinned: an approval of anything but the pin is not applied.
+    let pin = s
+        .client
+        .call(
+            Method::PUT,
+            "/api/v1/workloads/shop/web/pin",
+            Some(ADMIN),
+            Some((
+                "application/json",
+                json!({"replicas": base + 2, "until": s.t + 86_400})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await;
+    assert_eq!(pin.status, 200, "{}", pin.text);
+    let t = s.t;
+    let got = after_a_loop(&mut s, approved(base, base + 4, t, t)).await;
+    failed_for(&s, &got, "pinned", base);
+    let unpin = s
+        .client
+        .call(
+            Method::DELETE,
+            "/api/v1/workloads/shop/web/pin",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(unpin.status, 200, "{}", unpin.text);
+
+    // A scheduled minimum open now raises what is applied.
+    let floor = base + 9;
+    let o = s
+        .client
+        .post(
+            "/api/v1/workloads/shop/web/overrides",
+            Some(ADMIN),
+            json!({"min_replicas": floor, "cron": "* * * * *", "timezone": "UTC", "duration_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(o.status, 201, "{}", o.text);
+    let low = approved(base, base.saturating_sub(1).max(1), s.t, s.t);
+    let got = after_a_loop(&mut s, low).await;
+    assert_eq!(got.state, RecState::Applied, "{got:?}");
+    assert!(
+        got.outcome
+            .as_deref()
+            .unwrap()
+            .contains("raised to the scheduled minimum"),
+        "{got:?}"
+    );
+    assert_eq!(current(&s, "web"), floor);
+}
+
+/// An approval is applied as soon as it is durable, not at the loop's next tick (here an
+/// hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_applied_at_once() {
+    let Setup {
+        service,
+        client,
+        _dir,
+        ..
+    } = setup_with(None, true, Duration::from_secs(3600)).await;
+    let service = Arc::new(service);
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = {
+        let (svc, token) = (service.clone(), token.clone());
+        tokio::spawn(async move { svc.run(token).await })
+    };
+    // The first tick runs at once; wait for it to pass before approving.
+    let loop_count = |svc: &Service| {
+        svc.shared()
+            .metrics
+            .encode_text()
+            .lines()
+            .find(|l| l.starts_with("prescale_loop_duration_seconds_count"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let started = std::time::Instant::now();
+    while loop_count(&service) < 4.0 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        loop_count(&service),
+        4.0,
+        "three setup loops and the first tick"
+    );
+    let rec = pending(&client, "web").await[0].clone();
+    let id = rec["id"].as_str().unwrap();
+    approve(&client, id).await;
+    let approved_at = std::time::Instant::now();
+    let mut state = String::new();
+    while approved_at.elapsed() < Duration::from_secs(10) {
+        let r = client
+            .get(&format!("/api/v1/recommendations/{id}"), Some(VIEWER))
+            .await
+            .json();
+        state = r["state"].as_str().unwrap().to_string();
+        if state != "approved" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "applied");
+    assert_eq!(loop_count(&service), 4.0, "applied without another loop");
+    let w = client
+        .get("/api/v1/workloads/shop/web", Some(VIEWER))
+        .await
+        .json();
+    assert_eq!(w["current_replicas"], rec["to_replicas"], "{w}");
+    token.cancel();
+    run.await.unwrap();
 }

@@ -412,6 +412,8 @@ const LIMITS: Limits = Limits {
     max_replicas: 50,
     max_step_up: None,
     max_step_down: None,
+    no_decrease: false,
+    no_increase: false,
 };
 
 async fn setup(replicas: i32) -> (Shared, ScaleActuator) {
@@ -468,6 +470,8 @@ async fn min_max_and_step_are_honoured_against_observed_replicas() {
         max_replicas: 30,
         max_step_up: Some(4),
         max_step_down: Some(2),
+        no_decrease: false,
+        no_increase: false,
     };
     assert_eq!(
         act.apply(&web(), 100, limits, None).await.unwrap().replicas,
@@ -477,6 +481,31 @@ async fn min_max_and_step_are_honoured_against_observed_replicas() {
         act.apply(&web(), 0, limits, None).await.unwrap().replicas,
         12
     );
+    assert_eq!(replicas(&world, "deployments", "web"), 12);
+}
+
+#[tokio::test]
+async fn a_guess_never_lowers_and_a_read_never_writes() {
+    let (world, act) = setup(10).await;
+    let up_only = Limits {
+        no_decrease: true,
+        ..LIMITS
+    };
+    // Decided without knowing the real replicas: 3 is a guess, the workload keeps its 10.
+    let a = act.apply(&web(), 3, up_only, None).await.unwrap();
+    assert_eq!((a.previous, a.replicas, a.written), (10, 10, false));
+    // Raising is still allowed.
+    let a = act.apply(&web(), 12, up_only, None).await.unwrap();
+    assert_eq!((a.previous, a.replicas, a.written), (10, 12, true));
+    // A read-only apply reports the replicas and writes nothing, whatever is asked.
+    for wish in [1, 40] {
+        let a = act
+            .apply(&web(), wish, LIMITS.read_only(), None)
+            .await
+            .unwrap();
+        assert_eq!((a.previous, a.replicas, a.written), (12, 12, false));
+    }
+    assert_eq!(world.lock().unwrap().scale_writes, 1);
     assert_eq!(replicas(&world, "deployments", "web"), 12);
 }
 
@@ -769,6 +798,7 @@ mod service {
     use prescale::collector::{CollectError, MetricSource, Sample, TimeWindow, TraceSource};
     use prescale::config::Config;
     use prescale::sim::Trace;
+    use prescale::store::{RecState, Store};
 
     /// A source that fails every fetch (Prometheus down).
     struct Down;
@@ -792,17 +822,22 @@ mod service {
         Trace::parse(std::path::Path::new("step.csv"), csv.as_bytes()).unwrap()
     }
 
-    fn config(api: SocketAddr, data: &std::path::Path) -> Config {
+    /// One workload, `shop/web` on `demo:0`, with `extra` settings (mode, actuator, ...).
+    fn one_workload(api: SocketAddr, data: &std::path::Path, extra: &str) -> Config {
         let yaml = format!(
             "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
              loop: {{interval: 60s, history: 6h}}\n\
              data_dir: '{}'\n\
              kubernetes: {{api_url: 'http://{api}', timeout: 2s}}\n\
              workloads:\n\
-             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, min_replicas: 1, max_replicas: 20, mode: auto, actuator: scale}}\n",
+             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, min_replicas: 1, max_replicas: 20, {extra}}}\n",
             data.display()
         );
         Config::parse(std::path::Path::new("test.yaml"), &yaml, &|_| None).unwrap()
+    }
+
+    fn config(api: SocketAddr, data: &std::path::Path) -> Config {
+        one_workload(api, data, "mode: auto, actuator: scale")
     }
 
     async fn service(
@@ -970,6 +1005,117 @@ mod service {
                 .encode_text()
                 .contains("prescale_safe_to_act 0")
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_start_reads_before_it_lowers() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // 15 replicas run; demand needs about 2. The first decision is made without knowing
+        // the 15: it may raise, never lower.
+        let world = world_with(15);
+        let (svc, _data) = service(&world, Arc::new(TraceSource::new(&trace())), 0).await;
+        svc.run_once(400 * STEP).await;
+        assert_eq!(replicas(&world, "deployments", "web"), 15);
+        assert_eq!(world.lock().unwrap().scale_writes, 0);
+        let v = view(&svc);
+        assert_eq!(v.current_replicas, Some(15), "learned from /scale");
+        assert!(v.desired_replicas.unwrap() < 15, "{v:?}");
+    }
+
+    fn recommend_config(api: SocketAddr, data: &std::path::Path, actuator: &str) -> Config {
+        let extra =
+            format!("mode: recommend, actuator: {actuator}, auto_approve_scale_up_percent: 1000");
+        one_workload(api, data, &extra)
+    }
+
+    async fn recommendations(store: &Store) -> Vec<prescale::store::Recommendation> {
+        let mut all = store
+            .list(&prescale::store::RecFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        all.reverse();
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recommend_mode_with_scale_starts_from_the_replicas_really_there() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let world = world_with(3);
+        let addr = fake_api(world.clone()).await;
+        let data = tempfile::tempdir().unwrap();
+        let cfg = recommend_config(addr, data.path(), "scale");
+        let svc = build(cfg, Arc::new(TraceSource::new(&trace())), 0).await;
+        let store = Store::open(&Store::sqlite_url(data.path())).await.unwrap();
+        svc.attach_store(store.clone()).await.unwrap();
+        svc.run_once(480 * STEP).await;
+        assert!(
+            recommendations(&store).await.is_empty(),
+            "nothing proposed before /scale was read"
+        );
+        assert_eq!(view(&svc).current_replicas, Some(3));
+        for t in (481..=510).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        let recs = recommendations(&store).await;
+        let applied: Vec<_> = recs
+            .iter()
+            .filter(|r| r.state == RecState::Applied)
+            .collect();
+        assert_eq!(applied.len(), 1, "{recs:?}");
+        let up = applied[0];
+        assert_eq!(up.from_replicas, 3, "from the replicas read: {up:?}");
+        assert!(up.reason.from_known);
+        assert_eq!(up.decided_by.as_deref(), Some(prescale::app::AUTONOMY));
+        assert!(up.to_replicas >= 9, "{up:?}");
+        assert_eq!(
+            replicas(&world, "deployments", "web"),
+            up.to_replicas as i32
+        );
+        assert_eq!(world.lock().unwrap().scale_writes, 1);
+        // Scale-downs proposed before the step waited for a person.
+        assert!(
+            recs.iter()
+                .filter(|r| r.to_replicas < r.from_replicas)
+                .all(|r| r.decided_by.is_none()),
+            "{recs:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_approved_automatically_from_an_unknown_start() {
+        // KEDA in recommend mode: before the first applied change nothing is published, so
+        // where the workload stands is unknown and even a small scale-up waits for a person.
+        let data = tempfile::tempdir().unwrap();
+        let cfg = recommend_config("127.0.0.1:9".parse().unwrap(), data.path(), "keda");
+        let svc = Service::new(
+            cfg,
+            Arc::new(TraceSource::new(&trace())),
+            Timeline::Virtual {
+                now: std::sync::atomic::AtomicI64::new(0),
+                per_tick: STEP,
+            },
+            STEP as u64,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let store = Store::open(&Store::sqlite_url(data.path())).await.unwrap();
+        svc.attach_store(store.clone()).await.unwrap();
+        for t in (495..=505).map(|i| i * STEP) {
+            svc.run_once(t).await;
+        }
+        let recs = recommendations(&store).await;
+        assert!(!recs.is_empty());
+        for r in &recs {
+            assert!(
+                matches!(r.state, RecState::Pending | RecState::Superseded),
+                "{r:?}"
+            );
+            assert!(r.decided_by.is_none() && !r.reason.from_known, "{r:?}");
+        }
+        assert!(recs.iter().any(|r| r.to_replicas > r.from_replicas));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,8 @@
 mod common;
 
 use prescale::store::{
-    Controls, Override, RecFilter, RecState, Recommendation, RecommendationReason, Store,
-    StoreError, new_id,
+    ControlChange, Controls, Override, RecFilter, RecState, Recommendation, RecommendationReason,
+    Store, StoreError, new_id,
 };
 
 fn rec(workload: &str, to: u32, now: i64) -> Recommendation {
@@ -29,6 +29,7 @@ fn rec(workload: &str, to: u32, now: i64) -> Recommendation {
             quantile: 0.9,
             lead_seconds: 180,
             model: "mstl_ets".into(),
+            from_known: true,
         },
         decided_by: None,
         decided_at: None,
@@ -66,6 +67,12 @@ async fn suite(url: &str) {
             .await,
         Err(StoreError::Conflict(RecState::Superseded))
     ));
+
+    // The same wish again (another replica, or the next loop) is not a new recommendation.
+    let same = rec("web", 7, now + 65);
+    assert!(!s.create(&same, "prescale").await.unwrap());
+    assert!(matches!(s.get(&same.id).await, Err(StoreError::NotFound)));
+    assert_eq!(s.get(&b.id).await.unwrap().state, RecState::Pending);
 
     // Approve: durable, audited once; again: no-op; reject after: conflict.
     let (r, changed) = s
@@ -177,6 +184,61 @@ async fn suite(url: &str) {
         assert_eq!(decisions, 1);
     }
 
+    // Replicas racing to propose for one workload: at most one pending ever, whatever they
+    // ask for; the same wish from both is recorded once.
+    for round in 0..10 {
+        let w = format!("propose{round}");
+        let (x, y) = (rec(&w, 4, now + 500), rec(&w, 4 + round % 2, now + 500));
+        let (rx, ry) = tokio::join!(s.create(&x, "replica-a"), s.create(&y, "replica-b"));
+        let created = [rx.unwrap(), ry.unwrap()];
+        let pending = s
+            .list(&RecFilter {
+                state: Some(RecState::Pending),
+                namespace: Some("shop".into()),
+                workload: Some(w.clone()),
+                limit: 10,
+                offset: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1, "round {round}: {pending:?}");
+        assert!(
+            created.iter().any(|c| *c),
+            "round {round}: one of them was written"
+        );
+        if round % 2 == 0 {
+            assert_eq!(created.iter().filter(|c| **c).count(), 1, "round {round}");
+        }
+    }
+
+    // Pause and pin at once (two replicas' APIs): both stand, each audited.
+    for round in 0..5 {
+        let w = format!("ctl{round}");
+        let (p, q) = tokio::join!(
+            s.change_controls("shop", &w, ControlChange::Paused(true), "a", "pause", now),
+            s.change_controls(
+                "shop",
+                &w,
+                ControlChange::Pin(Some((6, now + 60))),
+                "b",
+                "pin",
+                now
+            ),
+        );
+        p.unwrap();
+        q.unwrap();
+        let c = s.controls("shop", &w).await.unwrap();
+        assert_eq!(
+            c,
+            Controls {
+                paused: true,
+                pinned_replicas: Some(6),
+                pinned_until: Some(now + 60)
+            },
+            "round {round}"
+        );
+    }
+
     // Filters and paging.
     let all = s
         .list(&RecFilter {
@@ -185,7 +247,8 @@ async fn suite(url: &str) {
         })
         .await
         .unwrap();
-    assert_eq!(all.len(), 14);
+    // 14 above, and one or two rows from each of the ten proposal races.
+    assert!((24..=29).contains(&all.len()), "{}", all.len());
     assert!(
         all.windows(2).all(|w| w[0].created_at >= w[1].created_at),
         "newest first"
@@ -220,16 +283,34 @@ async fn suite(url: &str) {
         pinned_replicas: Some(12),
         pinned_until: Some(now + 3600),
     };
-    s.set_controls("shop", "web", &pin, "carol", "pin", now)
+    let got = s
+        .change_controls(
+            "shop",
+            "web",
+            ControlChange::Pin(Some((12, now + 3600))),
+            "carol",
+            "pin",
+            now,
+        )
         .await
         .unwrap();
+    assert_eq!(got, pin);
     let paused = Controls {
         paused: true,
         ..pin.clone()
     };
-    s.set_controls("shop", "web", &paused, "carol", "pause", now + 1)
+    let got = s
+        .change_controls(
+            "shop",
+            "web",
+            ControlChange::Paused(true),
+            "carol",
+            "pause",
+            now + 1,
+        )
         .await
         .unwrap();
+    assert_eq!(got, paused, "the pause keeps the pin");
     assert_eq!(s.controls("shop", "web").await.unwrap(), paused);
     assert_eq!(audit_count(&s, "shop/web", "pause").await, 1);
     let o = Override {

@@ -124,6 +124,9 @@ impl LeaseElector {
                 Err(e) => Err(map_kube_error(e, &self.cfg.name)),
             };
         };
+        // Another holder's record is timed when its answer arrived, not when we asked: the
+        // later instant, so a slow GET can never make someone else's Lease look expired early.
+        let observed = Instant::now();
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let record = (
@@ -140,9 +143,9 @@ impl LeaseElector {
             };
             if s.record.as_ref() != Some(&record) {
                 s.record = Some(record);
-                s.at = Some(started);
+                s.at = Some(observed);
             }
-            s.at.is_some_and(|at| started.duration_since(at) > their_duration)
+            s.at.is_some_and(|at| observed.duration_since(at) > their_duration)
         };
         let ours = holder == self.cfg.identity;
         if !ours && !holder.is_empty() && !expired {

@@ -40,6 +40,13 @@ pub struct Limits {
     pub max_step_up: Option<u32>,
     /// Largest decrease in one write.
     pub max_step_down: Option<u32>,
+    /// Never write fewer replicas than observed: set when the decision was made without
+    /// knowing the real replicas (a fresh start, a new Lease holder) or while scale-downs are
+    /// unsafe, so a guess can raise a workload but never lower it.
+    pub no_decrease: bool,
+    /// Never write more replicas than observed: with `no_decrease`, a read that writes
+    /// nothing (how prescale learns the replicas of a workload it only recommends for).
+    pub no_increase: bool,
 }
 
 impl Limits {
@@ -53,7 +60,22 @@ impl Limits {
         if let Some(down) = self.max_step_down {
             want = want.max(observed.saturating_sub(down.max(1)));
         }
+        if self.no_decrease {
+            want = want.max(observed);
+        }
+        if self.no_increase {
+            want = want.min(observed);
+        }
         want
+    }
+
+    /// These limits, with no write at all: [`Actuator::apply`] then only reads.
+    pub fn read_only(self) -> Self {
+        Self {
+            no_decrease: true,
+            no_increase: true,
+            ..self
+        }
     }
 }
 
@@ -318,12 +340,24 @@ mod tests {
             max_replicas: 20,
             max_step_up: Some(4),
             max_step_down: Some(1),
+            no_decrease: false,
+            no_increase: false,
         };
         assert_eq!(l.clamp(50, 10), 14, "step up bounded");
         assert_eq!(l.clamp(1, 10), 9, "step down bounded");
         assert_eq!(l.clamp(1, 2), 2, "min honoured");
         assert_eq!(l.clamp(30, 19), 20, "max honoured");
         assert_eq!(l.clamp(12, 10), 12);
+        let up_only = Limits {
+            no_decrease: true,
+            ..l
+        };
+        assert_eq!(up_only.clamp(3, 10), 10, "a guess never lowers");
+        assert_eq!(up_only.clamp(12, 10), 12, "but may raise");
+        let read = l.read_only();
+        assert_eq!(read.clamp(12, 10), 10);
+        assert_eq!(read.clamp(3, 10), 10);
+        assert_eq!(read.clamp(3, 1), 1, "a read writes nothing, even below min");
     }
 
     #[test]

@@ -89,6 +89,11 @@ impl ScaleActuator {
     {
         let mut attempt = 0;
         loop {
+            // A retry may come seconds after the first try: the Lease may have been lost
+            // meanwhile, and a write from a former holder is what the Lease exists to stop.
+            if attempt > 0 {
+                self.may_act()?;
+            }
             if let Some(until) = self.throttled_until.lock().ok().and_then(|t| *t) {
                 let now = Instant::now();
                 if until > now {

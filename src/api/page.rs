@@ -6,10 +6,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
+use super::auth::Role;
 use crate::app::WorkloadView;
 use crate::store::{RecFilter, RecState, Recommendation};
 
@@ -122,7 +123,11 @@ fn rec_row(out: &mut String, r: &Recommendation) {
         id = esc(&r.id),
         ns = esc(&r.namespace),
         wl = esc(&r.workload),
-        from = r.from_replicas,
+        from = if r.reason.from_known {
+            r.from_replicas.to_string()
+        } else {
+            "? (not known yet)".to_string()
+        },
         to = r.to_replicas,
         created = time(r.created_at),
         until = time(r.valid_until),
@@ -162,9 +167,44 @@ for (const b of document.querySelectorAll('button.approve')) b.onclick = () => d
 for (const b of document.querySelectorAll('button.reject')) b.onclick = () => decide(b.dataset.id, 'reject');
 "#;
 
-/// The page. Read access follows the API's: without a token configured for reads, it is
-/// open like `/metrics`; decisions always need a token.
-pub async fn index(State(s): State<Arc<ApiState>>) -> Response {
+/// What is served, with status 401, to a browser without read access: a token field and
+/// nothing else; the token typed is kept for the session and the page is loaded with it.
+const SHELL_SCRIPT: &str = r#"
+const tokenInput = document.getElementById('token');
+async function load(t) {
+  const res = await fetch('/', {headers: {'Authorization': `Bearer ${t}`}});
+  if (!res.ok) { document.getElementById('message').textContent = `${res.status}: token refused`; return; }
+  sessionStorage.setItem('prescale-token', t);
+  const html = await res.text();
+  document.open(); document.write(html); document.close();
+}
+tokenInput.addEventListener('change', () => load(tokenInput.value));
+const saved = sessionStorage.getItem('prescale-token');
+if (saved) load(saved);
+"#;
+
+/// The page. Read access follows the API's (`api.anonymous_read`, the viewer role): a
+/// caller without it gets a shell that asks for a token and shows no data; decisions always
+/// need a token.
+pub async fn index(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if s.tokens.authorize(&headers, Role::Viewer).is_err() {
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>prescale: review</title>\
+             <style>{STYLE}</style></head><body><header><h1>prescale</h1>\
+             <label>API token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label>\
+             <span id=\"message\" role=\"status\">a token with the viewer role is needed to read</span>\
+             </header><script>{SHELL_SCRIPT}</script></body></html>"
+        );
+        return (
+            StatusCode::UNAUTHORIZED,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response();
+    }
     let views: Vec<WorkloadView> = s
         .shared
         .views

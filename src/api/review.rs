@@ -16,7 +16,8 @@ use super::auth::{ApiError, JsonBody, Principal, Role};
 use crate::config::{is_dns_label, is_dns_subdomain};
 use crate::domain::Timestamp;
 use crate::store::{
-    AuditEntry, Controls, Override, RecFilter, RecState, Recommendation, Store, StoreError, new_id,
+    AuditEntry, ControlChange, Controls, Override, RecFilter, RecState, Recommendation, Store,
+    StoreError, new_id,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -254,6 +255,10 @@ async fn decide(
         .decide(id, to, &who.name, body.comment.as_deref(), s.shared.now())
         .await
         .map_err(store_error)?;
+    if changed && to == RecState::Approved {
+        // Durable now; the loop applies it at once rather than at its next tick.
+        s.shared.approvals.notify_one();
+    }
     Ok(axum::Json(DecisionResult {
         recommendation: rec,
         changed,
@@ -261,8 +266,8 @@ async fn decide(
     .into_response())
 }
 
-/// Approves a pending recommendation (applied at the next loop). Approving it again is a
-/// no-op; approving a rejected, expired or superseded one is a 409.
+/// Approves a pending recommendation (applied at once by the loop, in a few milliseconds
+/// unless a loop is running). Approving it again is a no-op; approving a rejected, expired or superseded one is a 409.
 #[utoipa::path(post, path = "/api/v1/recommendations/{id}/approve", params(IdPath),
     request_body(content = DecisionBody, content_type = "application/json"),
     responses((status = 415, body = ApiError), (status = 400, body = ApiError), (status = 200, body = DecisionResult), (status = 401, body = ApiError), (status = 403, body = ApiError),
@@ -483,22 +488,15 @@ async fn set_controls(
     namespace: &str,
     name: &str,
     action: &str,
-    change: impl FnOnce(&mut Controls),
+    change: ControlChange,
 ) -> ApiResult<Response> {
     let who = s.tokens.authorize(headers, Role::Admin)?;
     let key = workload_key(s, namespace, name)?;
-    let mut c = store(s)?
-        .controls(namespace, name)
+    let c = store(s)?
+        .change_controls(namespace, name, change, &who.name, action, s.shared.now())
         .await
         .map_err(store_error)?;
-    change(&mut c);
-    store(s)?
-        .set_controls(namespace, name, &c, &who.name, action, s.shared.now())
-        .await
-        .map_err(store_error)?;
-    if let Ok(mut m) = s.shared.controls.write() {
-        m.insert(key, c.clone());
-    }
+    s.shared.set_controls(key, c.clone());
     Ok(axum::Json(c).into_response())
 }
 
@@ -513,9 +511,14 @@ pub async fn pause(
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
-    set_controls(&s, &headers, &namespace, &name, "pause", |c| {
-        c.paused = true
-    })
+    set_controls(
+        &s,
+        &headers,
+        &namespace,
+        &name,
+        "pause",
+        ControlChange::Paused(true),
+    )
     .await
 }
 
@@ -530,9 +533,14 @@ pub async fn resume(
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
-    set_controls(&s, &headers, &namespace, &name, "resume", |c| {
-        c.paused = false
-    })
+    set_controls(
+        &s,
+        &headers,
+        &namespace,
+        &name,
+        "resume",
+        ControlChange::Paused(false),
+    )
     .await
 }
 
@@ -568,10 +576,14 @@ pub async fn pin(
             "replicas must be at most 100000 and until in the future",
         ));
     }
-    set_controls(&s, &headers, &namespace, &name, "pin", |c| {
-        c.pinned_replicas = Some(b.replicas);
-        c.pinned_until = Some(b.until);
-    })
+    set_controls(
+        &s,
+        &headers,
+        &namespace,
+        &name,
+        "pin",
+        ControlChange::Pin(Some((b.replicas, b.until))),
+    )
     .await
 }
 
@@ -586,10 +598,14 @@ pub async fn unpin(
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
-    set_controls(&s, &headers, &namespace, &name, "unpin", |c| {
-        c.pinned_replicas = None;
-        c.pinned_until = None;
-    })
+    set_controls(
+        &s,
+        &headers,
+        &namespace,
+        &name,
+        "unpin",
+        ControlChange::Pin(None),
+    )
     .await
 }
 

@@ -83,6 +83,15 @@ pub struct RecommendationReason {
     pub lead_seconds: u64,
     /// Model in use.
     pub model: String,
+    /// False when the workload's real replicas were not known when this was made (nothing
+    /// published or applied yet): `from_replicas` is then only the configured minimum, and
+    /// the change is never approved automatically.
+    #[serde(default = "yes")]
+    pub from_known: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One recommendation.
@@ -144,6 +153,15 @@ pub struct Controls {
     pub pinned_replicas: Option<u32>,
     /// End of the pin (Unix seconds).
     pub pinned_until: Option<Timestamp>,
+}
+
+/// One change of a workload's controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlChange {
+    /// Pause (true) or resume (false).
+    Paused(bool),
+    /// Pin to replicas until a time, or unpin (`None`).
+    Pin(Option<(u32, Timestamp)>),
 }
 
 /// A minimum number of replicas during a recurring window.
@@ -302,6 +320,7 @@ fn rec_from_row(row: &AnyRow) -> Result<Recommendation, StoreError> {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 impl Store {
@@ -337,15 +356,44 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let migrator = Migrator::with_migrations(vec![Migration::new(
-            1,
-            Cow::Borrowed("review store"),
-            MigrationType::Simple,
-            sqlx::SqlStr::from_static(include_str!("../../migrations/0001_review.sql")),
-            false,
-        )]);
+        let migration = |version, name, sql| {
+            Migration::new(
+                version,
+                Cow::Borrowed(name),
+                MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            )
+        };
+        let migrator = Migrator::with_migrations(vec![
+            migration(
+                1,
+                "review store",
+                include_str!("../../migrations/0001_review.sql"),
+            ),
+            migration(
+                2,
+                "one pending recommendation per workload",
+                include_str!("../../migrations/0002_one_pending.sql"),
+            ),
+        ]);
         migrator.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sqlite: url.starts_with("sqlite:"),
+        })
+    }
+
+    /// A transaction that reads before it writes. SQLite's default deferred transaction
+    /// would fail at once (busy, not waiting) when another writer committed since its read;
+    /// an immediate one takes the write lock first, waiting for it on `busy_timeout`.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let begin = if self.sqlite {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN"
+        };
+        Ok(self.pool.begin_with(begin).await?)
     }
 
     /// The SQLite file in `data_dir`.
@@ -353,24 +401,35 @@ impl Store {
         format!("sqlite://{}", data_dir.join("prescale.db").display())
     }
 
-    /// Inserts a new pending recommendation (superseding the workload's older pending ones),
-    /// or, with `state` other than pending, one recorded as already decided.
+    /// Inserts a new pending recommendation (superseding the workload's older pending one),
+    /// or, with `state` other than pending, one recorded as already decided. Returns false,
+    /// writing nothing, when a pending one already asks for the same replicas: several
+    /// replicas of prescale on one database then propose a change once, not once each (a
+    /// unique index keeps at most one pending per workload even when they race).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn create(&self, rec: &Recommendation, actor: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let superseded: Vec<String> = sqlx::query(
-            "SELECT id FROM recommendations WHERE namespace = $1 AND workload = $2 AND state = 'pending'",
+    pub async fn create(&self, rec: &Recommendation, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let pending: Vec<(String, i64)> = sqlx::query(
+            "SELECT id, to_replicas FROM recommendations WHERE namespace = $1 AND workload = $2 AND state = 'pending'",
         )
         .bind(&rec.namespace)
         .bind(&rec.workload)
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<Result<_, _>>()?;
-        for id in &superseded {
+        .map(|r| Ok((r.try_get("id")?, r.try_get("to_replicas")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        if rec.state == RecState::Pending
+            && pending
+                .iter()
+                .any(|(_, to)| *to == i64::from(rec.to_replicas))
+        {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (id, _) in &pending {
             sqlx::query("UPDATE recommendations SET state = 'superseded', updated_at = $1 WHERE id = $2 AND state = 'pending'")
                 .bind(rec.created_at)
                 .bind(id)
@@ -388,7 +447,7 @@ impl Store {
         }
         let reason =
             serde_json::to_string(&rec.reason).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO recommendations (id, namespace, workload, from_replicas, to_replicas, created_at, valid_until, state, reason, decided_by, decided_at, comment, outcome, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
@@ -407,7 +466,13 @@ impl Store {
         .bind(rec.outcome.clone())
         .bind(rec.created_at)
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match inserted {
+            // Another replica inserted its pending one between our read and our insert (the
+            // unique index refused ours): theirs stands; dropping `tx` undoes our supersede.
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
+            other => other?,
+        };
         let detail = serde_json::json!({
             "workload": format!("{}/{}", rec.namespace, rec.workload),
             "from": rec.from_replicas, "to": rec.to_replicas, "state": rec.state.as_str(),
@@ -422,7 +487,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// One recommendation.
@@ -661,15 +726,7 @@ impl Store {
             .map(|r| {
                 let ns: String = r.try_get("namespace")?;
                 let wl: String = r.try_get("workload")?;
-                let pinned: Option<i64> = r.try_get("pinned_replicas")?;
-                Ok((
-                    format!("{ns}/{wl}"),
-                    Controls {
-                        paused: r.try_get::<i64, _>("paused")? != 0,
-                        pinned_replicas: pinned.and_then(|p| u32::try_from(p).ok()),
-                        pinned_until: r.try_get("pinned_until")?,
-                    },
-                ))
+                Ok((format!("{ns}/{wl}"), controls_from_row(r)?))
             })
             .collect()
     }
@@ -776,53 +833,61 @@ impl Store {
             .bind(workload)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(r) = row else {
-            return Ok(Controls::default());
-        };
-        let pinned: Option<i64> = r.try_get("pinned_replicas")?;
-        Ok(Controls {
-            paused: r.try_get::<i64, _>("paused")? != 0,
-            pinned_replicas: pinned.and_then(|p| u32::try_from(p).ok()),
-            pinned_until: r.try_get("pinned_until")?,
-        })
+        row.as_ref()
+            .map_or(Ok(Controls::default()), controls_from_row)
     }
 
-    /// Replaces a workload's controls, audited as `action` by `actor`.
+    /// Changes one of a workload's controls, audited as `action` by `actor`, and returns
+    /// them all as they are after the change. Only the field changed is written, so a pause
+    /// and a pin made at once through two replicas both stand.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn set_controls(
+    pub async fn change_controls(
         &self,
         namespace: &str,
         workload: &str,
-        c: &Controls,
+        change: ControlChange,
         actor: &str,
         action: &str,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Controls, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("UPDATE controls SET paused = $1, pinned_replicas = $2, pinned_until = $3, updated_at = $4 WHERE namespace = $5 AND workload = $6")
-            .bind(i64::from(c.paused))
-            .bind(c.pinned_replicas.map(i64::from))
-            .bind(c.pinned_until)
+        // A write first, so SQLite takes its write lock (waiting on busy_timeout) before any
+        // read, and two first writers on PostgreSQL meet in the insert, not in a 503.
+        sqlx::query(
+            "INSERT INTO controls (namespace, workload, paused, pinned_replicas, pinned_until, updated_at) \
+             VALUES ($1, $2, 0, NULL, NULL, $3) ON CONFLICT (namespace, workload) DO NOTHING",
+        )
+        .bind(namespace)
+        .bind(workload)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let update = match change {
+            ControlChange::Paused(p) => sqlx::query(
+                "UPDATE controls SET paused = $1, updated_at = $2 WHERE namespace = $3 AND workload = $4",
+            )
+            .bind(i64::from(p)),
+            ControlChange::Pin(pin) => sqlx::query(
+                "UPDATE controls SET pinned_replicas = $1, pinned_until = $2, updated_at = $3 WHERE namespace = $4 AND workload = $5",
+            )
+            .bind(pin.map(|(r, _)| i64::from(r)))
+            .bind(pin.map(|(_, u)| u)),
+        };
+        update
             .bind(now)
             .bind(namespace)
             .bind(workload)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            sqlx::query("INSERT INTO controls (namespace, workload, paused, pinned_replicas, pinned_until, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(namespace)
-                .bind(workload)
-                .bind(i64::from(c.paused))
-                .bind(c.pinned_replicas.map(i64::from))
-                .bind(c.pinned_until)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let detail = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .await?;
+        let r = sqlx::query("SELECT paused, pinned_replicas, pinned_until FROM controls WHERE namespace = $1 AND workload = $2")
+            .bind(namespace)
+            .bind(workload)
+            .fetch_one(&mut *tx)
+            .await?;
+        let c = controls_from_row(&r)?;
+        let detail = serde_json::to_string(&c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         audit(
             &mut tx,
             now,
@@ -833,7 +898,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(c)
     }
 
     /// Adds a scheduled override (audited).
@@ -936,6 +1001,15 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn controls_from_row(r: &AnyRow) -> Result<Controls, StoreError> {
+    let pinned: Option<i64> = r.try_get("pinned_replicas")?;
+    Ok(Controls {
+        paused: r.try_get::<i64, _>("paused")? != 0,
+        pinned_replicas: pinned.and_then(|p| u32::try_from(p).ok()),
+        pinned_until: r.try_get("pinned_until")?,
+    })
 }
 
 async fn audit(
