@@ -668,8 +668,8 @@ impl Service {
         Ok(())
     }
 
-    /// Mirrors the store into memory: controls, overrides, and for `recommend` workloads the
-    /// last applied replicas. Done at start and every loop, so with several replicas on one
+    /// Mirrors the store into memory: controls, overrides, which proposals lapsed, and for
+    /// `recommend` workloads with KEDA the last applied replicas. Done at start and every loop, so with several replicas on one
     /// PostgreSQL a pause or an approval made through any of them reaches all of them.
     async fn sync_from_store(&self, store: &Store) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
@@ -677,7 +677,15 @@ impl Service {
         let controls = store.all_controls().await?;
         let overrides = store.all_overrides().await?;
         let applied = store.all_last_applied().await?;
+        let lapsed = store.lapsed().await?;
         for rt in &self.runtimes {
+            // The last proposal expired or failed: the same wish may be proposed again (a
+            // rejected one is not, so a person is not asked twice).
+            if let Ok(mut r) = rt.lock()
+                && lapsed.contains(&r.cfg.key())
+            {
+                r.proposed = None;
+            }
             // With the /scale actuator the replicas read from the cluster are the truth; with
             // KEDA, what was last applied is what is published.
             if let Ok(mut r) = rt.lock()
@@ -759,7 +767,8 @@ impl Service {
             let decided = rec.decided_at.unwrap_or(rec.created_at);
             if now > rec.valid_until.max(decided + grace) {
                 // Held too long (paused, not the leader, unsafe, a config without it): the
-                // forecast it was approved on is old now; a fresh recommendation will come.
+                // forecast it was approved on is old now. The wish may be proposed again
+                // (`Store::lapsed`).
                 self.fail(
                     store,
                     &rec,
@@ -788,9 +797,9 @@ impl Service {
                 ),
                 Err(_) => continue,
             };
+            // Another mode in this replica's config: perhaps an older config than the one
+            // the approval was made under; left like a missing workload.
             if mode != Mode::Recommend {
-                let why = format!("mode_changed: the workload is in {} mode", mode.as_str());
-                self.fail(store, &rec, &why, now).await;
                 continue;
             }
             // A pin is the most explicit wish: an approval of something else is not applied.
@@ -805,13 +814,17 @@ impl Service {
                 self.fail(store, &rec, &why, now).await;
                 continue;
             }
-            // A scheduled minimum open now raises what is applied.
-            let to = self
-                .shared
-                .scheduled_minimum(&key, now)
-                .map_or(rec.to_replicas, |f| {
-                    rec.to_replicas.max(f.min(limits.max_replicas))
-                });
+            // A scheduled minimum open now raises what is applied (a pin, more explicit,
+            // is not raised).
+            let to = match pin {
+                Some(_) => rec.to_replicas,
+                None => self
+                    .shared
+                    .scheduled_minimum(&key, now)
+                    .map_or(rec.to_replicas, |f| {
+                        rec.to_replicas.max(f.min(limits.max_replicas))
+                    }),
+            };
             // While too many workloads fail, nothing goes down: held, still approved.
             if !self.shared.safe_to_act.load(Ordering::SeqCst) {
                 if previous.is_none_or(|c| to < c) {
@@ -1037,8 +1050,10 @@ impl Runtime {
         };
         let mut limits = self.limits();
         // Decided without the real replicas, or while scale-downs are unsafe: a write may
-        // raise the workload but never lower it.
+        // raise the workload but never lower it; nor when what it finds is not what this
+        // decision believed.
         limits.no_decrease = self.current.is_none() || !safe_to_act;
+        limits.decided_from = self.current;
         let acts = !controls.paused;
         // What counts as applied: without the /scale actuator in auto mode, what was decided
         // (KEDA's HPA lands on it; observe mode is a dry run); with it, only what the API
@@ -1224,6 +1239,7 @@ impl Runtime {
             max_step_down: pc.max_step_down,
             no_decrease: false,
             no_increase: false,
+            decided_from: None,
         }
     }
 

@@ -124,9 +124,8 @@ fn the_review_page_shows_recommendations_and_charts() {
     assert!(demand > 1_000, "demand line and text: {demand} px");
 }
 
-#[test]
-fn approving_on_the_page_approves_with_the_typed_token() {
-    // playwright-core (npm registry) drives Debian's chromium; installed once per target dir.
+/// Installs playwright-core (npm registry) once per target dir, beside the click script.
+fn click_script() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("playwright");
     if !dir.join("node_modules/playwright-core").exists() {
         std::fs::create_dir_all(&dir).unwrap();
@@ -148,15 +147,21 @@ fn approving_on_the_page_approves_with_the_typed_token() {
         &script,
     )
     .unwrap();
+    script
+}
 
+/// Runs the demo (`env` added), waits for a pending recommendation, clicks Approve in
+/// `mode`, and checks the recommendation was approved by the demo token. Returns what the
+/// page reported.
+fn approve_on_the_page(env: &[(&str, &str)], mode: &str) -> serde_json::Value {
+    let script = click_script();
     // A slow loop (one every 10 s), so the pending recommendation is still the newest one
     // when the button is clicked.
     let data = tempfile::tempdir().unwrap();
-    let (_child, port, token) = common::start_demo_with(data.path(), &[], "10s");
+    let (_child, port, token) = common::start_demo_with(data.path(), env, "10s");
+    let get = |path: &str| common::http_get_as(port, path, Some(&token)).map(|(_, b)| b);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(port, "/api/v1/recommendations?state=pending")
-        .is_some_and(|(_, b)| b.contains("\"id\""))
-    {
+    while !get("/api/v1/recommendations?state=pending").is_some_and(|b| b.contains("\"id\"")) {
         assert!(Instant::now() < deadline, "no pending recommendation");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -164,6 +169,7 @@ fn approving_on_the_page_approves_with_the_typed_token() {
         .arg(&script)
         .arg(format!("http://127.0.0.1:{port}/"))
         .arg(&token)
+        .arg(mode)
         .output()
         .unwrap();
     assert!(
@@ -173,13 +179,36 @@ fn approving_on_the_page_approves_with_the_typed_token() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = v["id"].as_str().unwrap();
-    assert!(v["refused"].as_str().unwrap().starts_with("401"), "{v}");
-    assert_eq!(v["approved"].as_str().unwrap(), format!("approved: {id}"));
-    let (_, body) = http_get(port, &format!("/api/v1/recommendations/{id}")).unwrap();
-    let rec: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["approved"].as_str().unwrap(),
+        format!("approved: {id}"),
+        "{v}"
+    );
+    assert_eq!(
+        v["errors"],
+        serde_json::json!([]),
+        "script errors on the page: {v}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&get(&format!("/api/v1/recommendations/{id}")).unwrap()).unwrap();
     assert!(
         matches!(rec["state"].as_str(), Some("approved" | "applied")),
         "{rec}"
     );
     assert_eq!(rec["decided_by"], "demo");
+    v
+}
+
+#[test]
+fn approving_on_the_page_approves_with_the_typed_token() {
+    let v = approve_on_the_page(&[], "open");
+    assert!(v["refused"].as_str().unwrap().starts_with("401"), "{v}");
+}
+
+#[test]
+fn without_read_access_the_page_asks_for_a_token_first() {
+    let v = approve_on_the_page(&[("PRESCALE_API_ANONYMOUS_READ", "false")], "shell");
+    assert!(v["locked"].as_str().unwrap().contains("token"), "{v}");
+    assert_eq!(v["data_before_token"], false, "{v}");
+    assert!(!v["token_kept"].as_str().unwrap().is_empty(), "{v}");
 }

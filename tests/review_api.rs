@@ -201,6 +201,20 @@ async fn setup_with(store_url: Option<&str>, socket: bool, tick: Duration) -> Se
     s
 }
 
+/// Pins `shop/web` to `replicas` until `until` as the admin; the answer must be 200.
+async fn pin(c: &Client, replicas: u32, until: i64) {
+    let body = json!({"replicas": replicas, "until": until});
+    let a = c
+        .call(
+            Method::PUT,
+            "/api/v1/workloads/shop/web/pin",
+            Some(ADMIN),
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
 /// Approves `id` as the approver; the answer must be 200.
 async fn approve(c: &Client, id: &str) {
     let a = c
@@ -493,20 +507,7 @@ async fn suite(mut s: Setup) {
 
     // Pin: desired replicas held at the pin.
     let until = s.t + 3600;
-    let pin = c
-        .call(
-            Method::PUT,
-            "/api/v1/workloads/shop/web/pin",
-            Some(ADMIN),
-            Some((
-                "application/json",
-                json!({"replicas": 17, "until": until})
-                    .to_string()
-                    .into_bytes(),
-            )),
-        )
-        .await;
-    assert_eq!(pin.status, 200, "{}", pin.text);
+    pin(c, 17, until).await;
     s.tick(1).await;
     let c = &s.client;
     let w = c
@@ -770,21 +771,7 @@ async fn approvals_are_applied_only_as_the_controls_allow() {
     failed_for(&s, &got, "expired", base);
 
     // Pinned: an approval of anything but the pin is not applied.
-    let pin = s
-        .client
-        .call(
-            Method::PUT,
-            "/api/v1/workloads/shop/web/pin",
-            Some(ADMIN),
-            Some((
-                "application/json",
-                json!({"replicas": base + 2, "until": s.t + 86_400})
-                    .to_string()
-                    .into_bytes(),
-            )),
-        )
-        .await;
-    assert_eq!(pin.status, 200, "{}", pin.text);
+    pin(&s.client, base + 2, s.t + 86_400).await;
     let t = s.t;
     let got = after_a_loop(&mut s, approved(base, base + 4, t, t)).await;
     failed_for(&s, &got, "pinned", base);
@@ -883,4 +870,49 @@ async fn an_approval_is_applied_at_once() {
     assert_eq!(w["current_replicas"], rec["to_replicas"], "{w}");
     token.cancel();
     run.await.unwrap();
+}
+
+/// An approval for a workload this replica does not have stays approved for one that has
+/// it, and fails as expired once nobody applied it in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_for_an_unknown_workload_waits_then_expires() {
+    let mut s = setup(None, false).await;
+    let t = s.t;
+    let ghost = Recommendation {
+        workload: "ghost".into(),
+        ..approved(2, 4, t, t)
+    };
+    let got = after_a_loop(&mut s, ghost.clone()).await;
+    assert_eq!(
+        got.state,
+        RecState::Approved,
+        "left for a replica that has it"
+    );
+    // Past valid_until (30 min) and the grace: expired.
+    s.tick(7).await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    let got = store.get(&ghost.id).await.unwrap();
+    assert_eq!(got.state, RecState::Failed, "{got:?}");
+    assert!(got.outcome.as_deref().unwrap().starts_with("expired"));
+}
+
+/// A proposal that expired does not silence the wish: the next loop proposes it again. A
+/// pin keeps the wish the same from loop to loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_proposal_is_proposed_again() {
+    let mut s = setup(None, false).await;
+    let until = s.t + 30 * 86_400;
+    pin(&s.client, 17, until).await;
+    s.tick(1).await;
+    let first = pending(&s.client, "web").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["to_replicas"], 17);
+    let store = s.service.shared().store.get().unwrap().clone();
+    assert!(store.expire(s.t + 8 * 86_400).await.unwrap() >= 1);
+    assert!(pending(&s.client, "web").await.is_empty());
+    s.tick(1).await;
+    let again = pending(&s.client, "web").await;
+    assert_eq!(again.len(), 1, "proposed again after it expired");
+    assert_eq!(again[0]["to_replicas"], 17);
+    assert_ne!(again[0]["id"], first[0]["id"]);
 }

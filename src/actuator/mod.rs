@@ -47,6 +47,11 @@ pub struct Limits {
     /// Never write more replicas than observed: with `no_decrease`, a read that writes
     /// nothing (how prescale learns the replicas of a workload it only recommends for).
     pub no_increase: bool,
+    /// The replicas the decision was made against, when it was made against a belief:
+    /// if the workload has something else now (someone scaled it, a Lease changed hands),
+    /// the decision's scale-down guards judged the wrong number, so the write may raise
+    /// but not lower.
+    pub decided_from: Option<u32>,
 }
 
 impl Limits {
@@ -60,7 +65,7 @@ impl Limits {
         if let Some(down) = self.max_step_down {
             want = want.max(observed.saturating_sub(down.max(1)));
         }
-        if self.no_decrease {
+        if self.no_decrease || self.decided_from.is_some_and(|d| d != observed) {
             want = want.max(observed);
         }
         if self.no_increase {
@@ -342,6 +347,7 @@ mod tests {
             max_step_down: Some(1),
             no_decrease: false,
             no_increase: false,
+            decided_from: None,
         };
         assert_eq!(l.clamp(50, 10), 14, "step up bounded");
         assert_eq!(l.clamp(1, 10), 9, "step down bounded");
@@ -354,6 +360,21 @@ mod tests {
         };
         assert_eq!(up_only.clamp(3, 10), 10, "a guess never lowers");
         assert_eq!(up_only.clamp(12, 10), 12, "but may raise");
+        let believed = Limits {
+            decided_from: Some(12),
+            ..l
+        };
+        assert_eq!(
+            believed.clamp(9, 10),
+            10,
+            "decided against 12, finds 10: no lower"
+        );
+        assert_eq!(believed.clamp(11, 10), 11);
+        assert_eq!(
+            believed.clamp(11, 12),
+            11,
+            "as believed: the decision stands"
+        );
         let read = l.read_only();
         assert_eq!(read.clamp(12, 10), 10);
         assert_eq!(read.clamp(3, 10), 10);

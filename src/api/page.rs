@@ -148,6 +148,7 @@ button.approve{background:#2ca25f;color:#fff;border:0;padding:.4em .8em}button.r
 .error{color:#de2d26}.muted{color:#888}#message{font-weight:bold}";
 
 const SCRIPT: &str = r#"
+{
 const tokenInput = document.getElementById('token');
 tokenInput.value = sessionStorage.getItem('prescale-token') || '';
 tokenInput.addEventListener('change', () => sessionStorage.setItem('prescale-token', tokenInput.value));
@@ -165,12 +166,16 @@ async function decide(id, verb) {
 }
 for (const b of document.querySelectorAll('button.approve')) b.onclick = () => decide(b.dataset.id, 'approve');
 for (const b of document.querySelectorAll('button.reject')) b.onclick = () => decide(b.dataset.id, 'reject');
+}
 "#;
 
 /// What is served, with status 401, to a browser without read access: a token field and
 /// nothing else; the token typed is kept for the session and the page is loaded with it.
+/// Both scripts are blocks: `document.write` keeps the shell's globals, and a second
+/// top-level `const` of the same name would stop the page's script.
 const SHELL_SCRIPT: &str = r#"
-const tokenInput = document.getElementById('token');
+{
+const shellToken = document.getElementById('token');
 async function load(t) {
   const res = await fetch('/', {headers: {'Authorization': `Bearer ${t}`}});
   if (!res.ok) { document.getElementById('message').textContent = `${res.status}: token refused`; return; }
@@ -178,9 +183,10 @@ async function load(t) {
   const html = await res.text();
   document.open(); document.write(html); document.close();
 }
-tokenInput.addEventListener('change', () => load(tokenInput.value));
+shellToken.addEventListener('change', () => load(shellToken.value));
 const saved = sessionStorage.getItem('prescale-token');
 if (saved) load(saved);
+}
 "#;
 
 /// The page. Read access follows the API's (`api.anonymous_read`, the viewer role): a

@@ -266,8 +266,10 @@ async fn decide(
     .into_response())
 }
 
-/// Approves a pending recommendation (applied at once by the loop, in a few milliseconds
-/// unless a loop is running). Approving it again is a no-op; approving a rejected, expired or superseded one is a 409.
+/// Approves a pending recommendation. The replica that took the approval applies it at
+/// once (after a loop in progress); with `actuator: scale` and a Lease, the holder applies
+/// it, at its next loop if the approval reached another replica. Approving it again is a
+/// no-op; approving a rejected, expired or superseded one is a 409.
 #[utoipa::path(post, path = "/api/v1/recommendations/{id}/approve", params(IdPath),
     request_body(content = DecisionBody, content_type = "application/json"),
     responses((status = 415, body = ApiError), (status = 400, body = ApiError), (status = 200, body = DecisionResult), (status = 401, body = ApiError), (status = 403, body = ApiError),

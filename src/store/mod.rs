@@ -365,7 +365,7 @@ impl Store {
                 false,
             )
         };
-        let migrator = Migrator::with_migrations(vec![
+        let mut migrator = Migrator::with_migrations(vec![
             migration(
                 1,
                 "review store",
@@ -377,6 +377,9 @@ impl Store {
                 include_str!("../../migrations/0002_one_pending.sql"),
             ),
         ]);
+        // A binary older than the database (a rollback, an old pod during a rolling update)
+        // keeps working: every migration so far only adds.
+        migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
         Ok(Self {
             pool,
@@ -403,33 +406,36 @@ impl Store {
 
     /// Inserts a new pending recommendation (superseding the workload's older pending one),
     /// or, with `state` other than pending, one recorded as already decided. Returns false,
-    /// writing nothing, when a pending one already asks for the same replicas: several
-    /// replicas of prescale on one database then propose a change once, not once each (a
-    /// unique index keeps at most one pending per workload even when they race).
+    /// writing nothing, when it is pending or approved and a pending or approved one not yet
+    /// applied already asks for the same replicas: several replicas of prescale on one
+    /// database then propose a change once, not once each (a unique index keeps at most one
+    /// pending per workload even when they race).
     ///
     /// # Errors
     /// Database errors.
     pub async fn create(&self, rec: &Recommendation, actor: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let pending: Vec<(String, i64)> = sqlx::query(
-            "SELECT id, to_replicas FROM recommendations WHERE namespace = $1 AND workload = $2 AND state = 'pending'",
+        let live: Vec<(String, i64, String)> = sqlx::query(
+            "SELECT id, to_replicas, state FROM recommendations WHERE namespace = $1 AND workload = $2 AND state IN ('pending', 'approved')",
         )
         .bind(&rec.namespace)
         .bind(&rec.workload)
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get("id")?, r.try_get("to_replicas")?)))
+        .map(|r| Ok((r.try_get("id")?, r.try_get("to_replicas")?, r.try_get("state")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-        if rec.state == RecState::Pending
-            && pending
+        // A proposal (pending, or approved by autonomy) of what a live one already asks for.
+        if matches!(rec.state, RecState::Pending | RecState::Approved)
+            && live
                 .iter()
-                .any(|(_, to)| *to == i64::from(rec.to_replicas))
+                .any(|(_, to, _)| *to == i64::from(rec.to_replicas))
         {
             tx.rollback().await?;
             return Ok(false);
         }
-        for (id, _) in &pending {
+        let pending = live.iter().filter(|(_, _, state)| state == "pending");
+        for (id, _, _) in pending {
             sqlx::query("UPDATE recommendations SET state = 'superseded', updated_at = $1 WHERE id = $2 AND state = 'pending'")
                 .bind(rec.created_at)
                 .bind(id)
@@ -723,11 +729,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                let ns: String = r.try_get("namespace")?;
-                let wl: String = r.try_get("workload")?;
-                Ok((format!("{ns}/{wl}"), controls_from_row(r)?))
-            })
+            .map(|r| Ok((row_key(r)?, controls_from_row(r)?)))
             .collect()
     }
 
@@ -768,15 +770,29 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let ns: String = r.try_get("namespace")?;
-                let wl: String = r.try_get("workload")?;
                 let to: i64 = r.try_get("to_replicas")?;
                 Ok((
-                    format!("{ns}/{wl}"),
+                    row_key(r)?,
                     u32::try_from(to).map_err(|_| StoreError::Corrupt("to_replicas".into()))?,
                 ))
             })
             .collect()
+    }
+
+    /// Workloads (`namespace/workload`) whose newest recommendation ended without being
+    /// applied or rejected (expired or failed): a wish proposed then may be proposed again.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn lapsed(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.namespace, r.workload FROM recommendations r \
+             WHERE r.state IN ('expired', 'failed') AND r.created_at = (SELECT MAX(x.created_at) \
+             FROM recommendations x WHERE x.namespace = r.namespace AND x.workload = r.workload)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_key).collect()
     }
 
     /// The audit log, newest first; only entries about `target` when given.
@@ -1001,6 +1017,13 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// `namespace/workload` of a row that has both columns.
+fn row_key(r: &AnyRow) -> Result<String, StoreError> {
+    let ns: String = r.try_get("namespace")?;
+    let wl: String = r.try_get("workload")?;
+    Ok(format!("{ns}/{wl}"))
 }
 
 fn controls_from_row(r: &AnyRow) -> Result<Controls, StoreError> {

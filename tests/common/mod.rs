@@ -20,9 +20,15 @@ pub fn free_port() -> u16 {
 /// `GET path` on 127.0.0.1:`port` over HTTP/1.0: (status, body), or `None` when nothing
 /// answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_as(port, path, None)
+}
+
+/// As [`http_get`], with a bearer token when given.
+pub fn http_get_as(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.get(9..12)?.parse().ok()?;
