@@ -435,6 +435,8 @@ impl Service {
                 engine: {
                     let mut e = Engine::new(preset, step, lead_steps);
                     e.set_evaluating(true);
+                    // Nothing here reads each candidate's own statistics.
+                    e.set_scoring_candidates(false);
                     e.set_refit_phase(spread(&w.key()));
                     e
                 },

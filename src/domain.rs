@@ -144,10 +144,13 @@ impl<const N: usize> SlidingSums<N> {
     /// Sums over about the latest `window` pushes.
     pub fn new(window: usize) -> Self {
         let per_bucket = window.div_ceil(Self::BUCKETS).max(1);
+        let max_buckets = window.div_ceil(per_bucket).max(1);
         Self {
-            buckets: std::collections::VecDeque::new(),
+            // Exactly what the window needs: growing by doubling would reserve twice that,
+            // for every window of every workload.
+            buckets: std::collections::VecDeque::with_capacity(max_buckets + 1),
             per_bucket: u32::try_from(per_bucket).unwrap_or(u32::MAX),
-            max_buckets: window.div_ceil(per_bucket).max(1),
+            max_buckets,
             totals: [0.0; N],
             count: 0,
         }

@@ -18,7 +18,8 @@ pub(super) struct DampedTrend {
 
 struct FittedDamped {
     train_end: usize,
-    path: Vec<f64>,
+    /// The forecast from the fit to the next refit (f32: held by every workload).
+    path: Vec<f32>,
 }
 
 impl FittedDamped {
@@ -27,8 +28,7 @@ impl FittedDamped {
         self.path
             .get(j)
             .or(self.path.last())
-            .copied()
-            .unwrap_or(0.0)
+            .map_or(0.0, |&v| f64::from(v))
     }
 }
 
@@ -56,7 +56,7 @@ impl Forecaster for DampedTrend {
         }
         Ok(Box::new(FittedDamped {
             train_end: history.end(),
-            path,
+            path: path.iter().map(|&v| v as f32).collect(),
         }))
     }
 }

@@ -13,6 +13,9 @@ use super::{
     detect_periods, level_shift_start,
 };
 
+/// History beyond `history_len` is dropped this many steps at a time (one move of the grid
+/// per batch, not per step).
+const DROP_BATCH: usize = 64;
 /// Switching models needs this relative improvement (hysteresis against flapping).
 const SWITCH_MARGIN: f64 = 0.03;
 /// Published forecasts whose coverage decides `confident`.
@@ -20,52 +23,86 @@ const CONFIDENCE_WINDOW: usize = 48;
 /// Coverage shortfall (below the quantile) at which a forecast stops being confident.
 const CONFIDENCE_SLACK: f64 = 0.2;
 
-/// A fixed-size window of values with O(1) quantiles (kept sorted beside the FIFO).
+/// A fixed-size window of residuals, oldest first (f32). The selected model's windows also
+/// keep a sorted copy, for the many quantiles a forecast reads; the others answer the odd
+/// quantile by selection on a scratch copy, so a workload holds one sorted copy, not one
+/// per candidate.
 #[derive(Debug, Clone)]
 struct RollingQuantile {
     fifo: VecDeque<f32>,
-    sorted: Vec<f32>,
+    sorted: Option<Vec<f32>>,
     cap: usize,
 }
 
 impl RollingQuantile {
     fn new(cap: usize) -> Self {
         Self {
+            // Allocated whole at the start (every window fills within days), before any
+            // fit: grown in steps, these long-lived blocks would land between fits'
+            // scratch and pin it resident.
             fifo: VecDeque::with_capacity(cap),
-            sorted: Vec::with_capacity(cap),
+            sorted: None,
             cap,
         }
     }
 
     fn push(&mut self, v: f64) {
-        // Residuals are kept in f32: half the memory, far more precision than calibration needs.
         let v = v as f32;
         if self.fifo.len() == self.cap
             && let Some(old) = self.fifo.pop_front()
+            && let Some(sorted) = &mut self.sorted
         {
-            let i = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
-            if i < self.sorted.len() {
-                self.sorted.remove(i);
+            let i = sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            if i < sorted.len() {
+                sorted.remove(i);
             }
         }
         self.fifo.push_back(v);
-        let i = self.sorted.partition_point(|x| x.total_cmp(&v).is_le());
-        self.sorted.insert(i, v);
+        if let Some(sorted) = &mut self.sorted {
+            let i = sorted.partition_point(|x| x.total_cmp(&v).is_le());
+            sorted.insert(i, v);
+        }
+    }
+
+    /// Keeps (or drops) the sorted copy.
+    fn keep_sorted(&mut self, on: bool) {
+        match (on, self.sorted.is_some()) {
+            (true, false) => {
+                let mut v = Vec::with_capacity(self.cap);
+                v.extend(self.fifo.iter().copied());
+                v.sort_unstable_by(f32::total_cmp);
+                self.sorted = Some(v);
+            }
+            (false, true) => self.sorted = None,
+            _ => {}
+        }
     }
 
     fn len(&self) -> usize {
-        self.sorted.len()
+        self.fifo.len()
     }
 
-    /// The q-quantile (higher of the two neighbours: conservative for an upper band).
+    /// The q-quantile: O(1) with the sorted copy, a selection on a scratch copy without.
     fn quantile(&self, q: f64) -> Option<f64> {
-        let n = self.sorted.len();
+        let n = self.fifo.len();
         if n == 0 {
             return None;
         }
-        let idx = ((n as f64 + 1.0) * q).ceil() as usize;
-        self.sorted.get(idx.clamp(1, n) - 1).map(|&r| f64::from(r))
+        let k = rank(n, q);
+        if let Some(sorted) = &self.sorted {
+            return sorted.get(k).map(|&x| f64::from(x));
+        }
+        let mut v: Vec<f32> = self.fifo.iter().copied().collect();
+        let (_, x, _) = v.select_nth_unstable_by(k, f32::total_cmp);
+        Some(f64::from(*x))
     }
+}
+
+/// Index of the q-quantile in `n` sorted values (the higher of the two neighbours:
+/// conservative for an upper band).
+fn rank(n: usize, q: f64) -> usize {
+    let idx = ((n as f64 + 1.0) * q).ceil() as usize;
+    idx.clamp(1, n) - 1
 }
 
 /// Backtest figures of one model at the lead horizon, over the evaluated part of the series.
@@ -132,8 +169,11 @@ pub struct Engine {
     t0: Option<Timestamp>,
     last_ts: Timestamp,
     start: usize,
-    values: Vec<f64>,
-    scored: Vec<bool>,
+    /// Demand per grid step from `start` (f32: a week at one minute is 40 KB, not 80).
+    values: Vec<f32>,
+    /// Grid ranges `[from, to)` filled across gaps too long to be scored (rare: a list of
+    /// ranges, not a flag per step).
+    unscored: VecDeque<(usize, usize)>,
     keep: usize,
     history_len: usize,
     refit_steps: usize,
@@ -152,12 +192,15 @@ pub struct Engine {
     published: VecDeque<(usize, Vec<f64>, f64, f64)>,
     /// The latest sample was above the highest band of the forecast made one step before.
     surprise: bool,
-    /// Recent (|error|, actual) of published forecasts at the lead horizon.
-    recent_errors: VecDeque<(f64, f64)>,
+    /// Sums of (|error|, actual) of recent published forecasts at the lead horizon.
+    recent_errors: SlidingSums<2>,
     published_stats: CandidateStats,
     levels: Vec<f64>,
     recent_cover: VecDeque<bool>,
     evaluating: bool,
+    /// Whether every candidate's own backtest statistics are kept (replays and benchmarks
+    /// read them; the service does not, and skips their quantiles).
+    score_candidates: bool,
     refits: usize,
     fit_failures: usize,
     /// When set, refits happen when the grid crosses `k * refit_steps - phase`, so that many
@@ -216,8 +259,9 @@ impl Engine {
             last_ts: 0,
             start: 0,
             values: Vec::new(),
-            scored: Vec::new(),
-            keep: history_len + 2 * refit_steps,
+            unscored: VecDeque::new(),
+            // Fits read the last `history_len` steps; older ones are dropped in batches.
+            keep: history_len,
             history_len,
             refit_steps,
             sel_window,
@@ -230,7 +274,7 @@ impl Engine {
             demoted: false,
             published: VecDeque::new(),
             surprise: false,
-            recent_errors: VecDeque::new(),
+            recent_errors: SlidingSums::new((sel_window / lead).max(1)),
             published_stats: CandidateStats {
                 model: "published",
                 ..CandidateStats::default()
@@ -238,6 +282,7 @@ impl Engine {
             levels: vec![q; lead],
             recent_cover: VecDeque::new(),
             evaluating: false,
+            score_candidates: true,
             refits: 0,
             fit_failures: 0,
             refit_phase: None,
@@ -247,6 +292,12 @@ impl Engine {
     /// Starts (or stops) accumulating backtest statistics, e.g. after a replay's warm-up.
     pub fn set_evaluating(&mut self, on: bool) {
         self.evaluating = on;
+    }
+
+    /// Keeps (default) or skips the per-candidate statistics of [`Engine::candidate_stats`];
+    /// selection, calibration and the published forecast's statistics are the same either way.
+    pub fn set_scoring_candidates(&mut self, on: bool) {
+        self.score_candidates = on;
     }
 
     /// Backtest statistics of every candidate (persistence first), then of the published
@@ -279,11 +330,8 @@ impl Engine {
     /// Recent mean absolute error of the published forecast at the lead horizon, over mean
     /// demand (`None` before any forecast matured or when demand was all zero).
     pub fn recent_error_ratio(&self) -> Option<f64> {
-        let (e, y) = self
-            .recent_errors
-            .iter()
-            .fold((0.0, 0.0), |(e, y), (de, dy)| (e + de, y + dy));
-        (y > 0.0).then(|| e / y)
+        let [e, y] = self.recent_errors.totals();
+        (self.recent_errors.count() > 0 && y > 0.0).then(|| e / y)
     }
 
     /// Current status.
@@ -304,7 +352,13 @@ impl Engine {
     pub fn recent(&self, n: usize) -> (Timestamp, Vec<f64>) {
         let k = n.min(self.values.len());
         let first = self.last_ts - (k.saturating_sub(1) as i64) * self.step as i64;
-        (first, self.values[self.values.len() - k..].to_vec())
+        (
+            first,
+            self.values[self.values.len() - k..]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
+        )
     }
 
     /// Adds a sample. Gaps since the previous sample are interpolated; gaps longer than the
@@ -321,8 +375,9 @@ impl Engine {
         let Some(t0) = self.t0 else {
             self.t0 = Some(ts);
             self.last_ts = ts;
-            self.values.push(value);
-            self.scored.push(true);
+            // The most the grid ever holds, once: no doubling past it.
+            self.values.reserve_exact(self.keep + DROP_BATCH + 1);
+            self.values.push(value as f32);
             self.level = value;
             return Ok(());
         };
@@ -338,37 +393,50 @@ impl Engine {
         if k < next {
             // Jitter put two samples in one grid slot: the newer one wins.
             if let Some(last) = self.values.last_mut() {
-                *last = value;
+                *last = value as f32;
             }
             return Ok(());
         }
         let gap = k - next;
-        let prev = self.values.last().copied().unwrap_or(value);
+        let prev = self.values.last().map_or(value, |&v| f64::from(v));
         for g in 1..=gap {
             let v = prev + (value - prev) * g as f64 / (gap + 1) as f64;
-            self.values.push(v);
-            self.scored.push(gap <= self.max_fill);
+            self.values.push(v as f32);
         }
-        self.values.push(value);
-        self.scored.push(true);
+        if gap > self.max_fill {
+            self.unscored.push_back((next, k));
+        }
+        self.values.push(value as f32);
         for idx in next..=k {
             self.mature(idx);
         }
         self.level += 0.01 * (value - self.level);
-        if self.values.len() > self.keep + self.refit_steps {
+        if self.values.len() > self.keep + DROP_BATCH {
             let drop = self.values.len() - self.keep;
             self.values.drain(..drop);
-            self.scored.drain(..drop);
             self.start += drop;
+            while self
+                .unscored
+                .front()
+                .is_some_and(|&(_, to)| to <= self.start)
+            {
+                self.unscored.pop_front();
+            }
         }
         Ok(())
     }
 
-    fn window(&self) -> Window<'_> {
-        Window {
-            start: self.start,
-            values: &self.values,
-        }
+    /// Whether grid index `idx` holds a sample or a short fill (scored by backtests).
+    fn is_scored(&self, idx: usize) -> bool {
+        !self
+            .unscored
+            .iter()
+            .any(|&(from, to)| from <= idx && idx < to)
+    }
+
+    /// The grid as f64, for the models (a copy per forecast: f32 at rest, f64 in use).
+    fn grid(&self) -> Vec<f64> {
+        self.values.iter().map(|&v| f64::from(v)).collect()
     }
 
     fn scale(&self, point: f64) -> f64 {
@@ -385,12 +453,13 @@ impl Engine {
         let Some(i) = idx.checked_sub(self.start) else {
             return;
         };
-        let y = self.values[i];
-        let scored = self.scored[i];
+        let y = f64::from(self.values[i]);
+        let scored = self.is_scored(idx);
         let lead = self.lead;
         let under = self.preset.under_weight;
         let q = self.preset.quantile;
         let evaluating = self.evaluating && scored;
+        let score_candidates = evaluating && self.score_candidates;
         for c in &mut self.cands {
             for p in &c.pending {
                 let Some(j) = idx.checked_sub(p.origin_end) else {
@@ -403,7 +472,7 @@ impl Engine {
                 c.resid[j].push(e / p.scale[j]);
                 let loss = if e > 0.0 { under * e } else { -e } / p.scale[j];
                 c.losses.push([loss]);
-                if j == lead - 1 && evaluating {
+                if j == lead - 1 && score_candidates {
                     c.stats.count += 1;
                     c.stats.abs_error_sum += e.abs();
                     c.stats.pinball_sum += pinball(y, p.upper_lead, q);
@@ -434,10 +503,7 @@ impl Engine {
             self.levels[j] =
                 (self.levels[j] + rate * (f64::from(u8::from(miss)) - (1.0 - q))).clamp(0.5, 0.995);
             if j == lead - 1 {
-                self.recent_errors.push_back(((y - point_lead).abs(), y));
-                if self.recent_errors.len() > self.sel_window / lead {
-                    self.recent_errors.pop_front();
-                }
+                self.recent_errors.push([(y - point_lead).abs(), y]);
                 self.recent_cover.push_back(!miss);
                 if self.recent_cover.len() > CONFIDENCE_WINDOW {
                     self.recent_cover.pop_front();
@@ -464,7 +530,7 @@ impl Engine {
         let n = self.values.len();
         let len = n.min(self.history_len);
         let first = n - len;
-        let mut cleaned = self.values[first..].to_vec();
+        let mut cleaned: Vec<f64> = self.values[first..].iter().map(|&v| f64::from(v)).collect();
         self.periods = detect_periods(&cleaned, self.step, self.preset.max_periods);
         if self.preset.outlier_clip_sd > 0.0 {
             clip_outliers(&mut cleaned, self.preset.outlier_clip_sd, 3);
@@ -506,6 +572,7 @@ impl Engine {
         if eligible.is_empty() {
             self.selected = 0;
             self.demoted = false;
+            self.sort_selected();
             return;
         }
         let loss = |c: usize| self.mean_loss(c);
@@ -524,6 +591,17 @@ impl Engine {
         // Forecast health: worse than reacting would be means demotion to persistence.
         self.demoted = loss(best) > loss(0);
         self.selected = if self.demoted { 0 } else { best };
+        self.sort_selected();
+    }
+
+    /// Only the selected model's windows keep a sorted copy.
+    fn sort_selected(&mut self) {
+        let sel = self.selected;
+        for (c, cand) in self.cands.iter_mut().enumerate() {
+            for r in &mut cand.resid {
+                r.keep_sorted(c == sel);
+            }
+        }
     }
 
     /// The calibrated forecast for the next `horizon` steps from the latest sample.
@@ -547,12 +625,17 @@ impl Engine {
             .pending
             .back()
             .is_none_or(|p| p.origin_end != end);
+        let grid = self.grid();
+        let window = Window {
+            start: self.start,
+            values: &grid,
+        };
         if fresh {
             for c in 0..self.cands.len() {
                 let Some(fitted) = self.cands[c].fitted.as_ref() else {
                     continue;
                 };
-                let Ok(point) = fitted.predict(self.window(), lead) else {
+                let Ok(point) = fitted.predict(window, lead) else {
                     continue;
                 };
                 if point.iter().any(|v| !v.is_finite()) {
@@ -560,9 +643,13 @@ impl Engine {
                 }
                 let scale: Vec<f64> = point.iter().map(|&p| self.scale(p)).collect();
                 let cand = &self.cands[c];
-                let upper_lead = cand.resid[lead - 1]
-                    .quantile(q)
-                    .map_or(f64::INFINITY, |r| point[lead - 1] + r * scale[lead - 1]);
+                let upper_lead = if self.score_candidates || c == self.selected {
+                    cand.resid[lead - 1]
+                        .quantile(q)
+                        .map_or(f64::INFINITY, |r| point[lead - 1] + r * scale[lead - 1])
+                } else {
+                    f64::INFINITY
+                };
                 self.cands[c].pending.push_back(Pending {
                     origin_end: end,
                     point,
@@ -584,7 +671,7 @@ impl Engine {
             .fitted
             .as_ref()
             .ok_or(ForecastError::NotEnoughData { need, have: n })?;
-        let point = fitted.predict(self.window(), horizon.max(1))?;
+        let point = fitted.predict(window, horizon.max(1))?;
         let mut upper = Vec::with_capacity(point.len());
         let mut bands: Vec<Band> = BAND_LEVELS
             .iter()
@@ -674,8 +761,18 @@ mod tests {
         assert_eq!(r.quantile(0.5), Some(3.0));
         r.push(10.0); // drops 5
         assert_eq!(r.len(), 5);
-        assert_eq!(r.sorted, vec![1.0, 2.0, 3.0, 4.0, 10.0]);
         assert_eq!(r.quantile(0.99), Some(10.0));
+        // The same answers with the sorted copy, kept up to date as the window slides.
+        let unsorted: Vec<_> = [0.1, 0.5, 0.9].map(|q| r.quantile(q)).into();
+        r.keep_sorted(true);
+        assert_eq!(r.sorted.as_deref(), Some(&[1.0, 2.0, 3.0, 4.0, 10.0][..]));
+        assert_eq!(unsorted, [0.1, 0.5, 0.9].map(|q| r.quantile(q)));
+        r.push(0.5); // drops 1
+        assert_eq!(r.sorted.as_deref(), Some(&[0.5, 2.0, 3.0, 4.0, 10.0][..]));
+        r.keep_sorted(false);
+        assert!(r.sorted.is_none());
+        assert_eq!(r.quantile(0.5), Some(3.0));
+        assert!(r.fifo.capacity() <= 8, "capacity {}", r.fifo.capacity());
     }
 
     #[test]
@@ -697,11 +794,13 @@ mod tests {
         e.observe(0, 0.0).unwrap();
         e.observe(240, 4.0).unwrap();
         assert_eq!(e.values, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
-        assert!(e.scored.iter().all(|s| *s));
+        assert!((0..5).all(|i| e.is_scored(i)));
         let mut e = Engine::new(preset(), 60, 3);
         e.observe(0, 0.0).unwrap();
         e.observe(60 * 100, 1.0).unwrap();
-        assert!(!e.scored[50], "a long gap is not scored");
+        assert!(e.is_scored(0) && e.is_scored(100));
+        assert!(!e.is_scored(50), "a long gap is not scored");
+        assert!(!e.is_scored(1) && !e.is_scored(99));
     }
 
     #[test]

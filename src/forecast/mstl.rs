@@ -20,22 +20,28 @@ pub(super) struct MstlEts {
 /// The fitted decomposition: one cycle of each seasonal component and the trend forecast.
 struct FittedMstl {
     train_end: usize,
-    /// (period, last cycle of the component) — index `(k - train_end) % period`.
-    seasons: Vec<(usize, Vec<f64>)>,
-    trend: Vec<f64>,
+    /// (period, last cycle of the component) — index `(k - train_end) % period`. f32, like
+    /// the trend: every workload holds them.
+    seasons: Vec<(usize, Vec<f32>)>,
+    trend: Vec<f32>,
 }
 
 impl FittedMstl {
+    fn season(&self, j: usize) -> f64 {
+        self.seasons
+            .iter()
+            .map(|(p, cycle)| f64::from(cycle[j % p]))
+            .sum()
+    }
+
     fn base(&self, k: usize) -> f64 {
         let j = k.saturating_sub(self.train_end);
         let trend = self
             .trend
             .get(j)
             .or(self.trend.last())
-            .copied()
-            .unwrap_or(0.0);
-        let season: f64 = self.seasons.iter().map(|(p, cycle)| cycle[j % p]).sum();
-        trend + season
+            .map_or(0.0, |&v| f64::from(v));
+        trend + self.season(j)
     }
 }
 
@@ -63,15 +69,7 @@ impl Forecaster for MstlEts {
             .periods
             .iter()
             .zip(fit.fit().seasonal())
-            .map(|(&p, comp)| {
-                (
-                    p,
-                    comp[comp.len() - p..]
-                        .iter()
-                        .map(|&c| f64::from(c))
-                        .collect(),
-                )
-            })
+            .map(|(&p, comp)| (p, comp[comp.len() - p..].to_vec()))
             .collect();
         // The trend path comes from the same fitted model, minus its seasonal part.
         let whole = fit
@@ -83,14 +81,14 @@ impl Forecaster for MstlEts {
         let mut fitted = FittedMstl {
             train_end: history.end(),
             seasons,
-            trend: whole.point,
+            trend: Vec::new(),
         };
-        let season_only: Vec<f64> = (0..fitted.trend.len())
-            .map(|j| fitted.seasons.iter().map(|(p, c)| c[j % p]).sum())
+        fitted.trend = whole
+            .point
+            .iter()
+            .enumerate()
+            .map(|(j, &w)| (w - fitted.season(j)) as f32)
             .collect();
-        for (t, s) in fitted.trend.iter_mut().zip(season_only) {
-            *t -= s;
-        }
         if fitted.trend.iter().any(|v| !v.is_finite()) {
             return Err(ForecastError::Model {
                 model: NAME,
