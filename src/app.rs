@@ -157,6 +157,16 @@ pub enum Timeline {
 }
 
 impl Timeline {
+    /// Now, without advancing a virtual clock.
+    fn peek(&self) -> Timestamp {
+        match self {
+            Timeline::Wall => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            Timeline::Virtual { now, .. } => now.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
     fn tick(&self) -> Timestamp {
         match self {
             Timeline::Wall => std::time::SystemTime::now()
@@ -175,6 +185,8 @@ struct Runtime {
     query: String,
     labels: WorkloadLabels,
     engine: Engine,
+    /// The model preset the engine was made with (to make another).
+    preset: ModelPreset,
     policy: PredictivePolicy,
     lead_steps: usize,
     /// Steps at the end of a backfill replayed through the online backtest.
@@ -281,6 +293,9 @@ pub struct Service {
     step: u64,
     tick: Duration,
     last_snapshot: Mutex<Option<std::time::Instant>>,
+    /// When the model state was last written (and whether a write is under way).
+    last_models: Mutex<Option<std::time::Instant>>,
+    writing_models: Arc<std::sync::atomic::AtomicBool>,
     actuator: Option<Arc<dyn Actuator>>,
     /// Consecutive loops with more than half of the workloads failing.
     failing_loops: std::sync::atomic::AtomicU32,
@@ -302,6 +317,29 @@ const RESYNC_EVERY: Duration = Duration::from_secs(300);
 /// Loops after its approval within which an approved recommendation must be applied (once
 /// past its `valid_until`); later it fails as expired.
 const APPLY_GRACE_STEPS: i64 = 3;
+
+/// Least time between two writes of the model state while running (it is written after
+/// the first loop, then at this pace, and at shutdown): tens of KB per workload.
+const MODELS_EVERY: Duration = Duration::from_secs(900);
+
+/// Format of `models.bin`; a file of another format is not read (workloads start cold).
+const MODELS_FORMAT: u32 = 1;
+
+/// The head of `models.bin`: then `count` entries of (`namespace/name`, state).
+#[derive(Serialize, Deserialize)]
+struct ModelsHeader {
+    format: u32,
+    count: u64,
+}
+
+/// What [`Service::restore`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Workloads whose last views were restored.
+    pub views: usize,
+    /// Workloads whose forecasting state was restored.
+    pub models: usize,
+}
 
 /// Least time between two snapshots while running.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
@@ -432,14 +470,8 @@ impl Service {
                     namespace: w.namespace.clone(),
                     workload: w.name.clone(),
                 },
-                engine: {
-                    let mut e = Engine::new(preset, step, lead_steps);
-                    e.set_evaluating(true);
-                    // Nothing here reads each candidate's own statistics.
-                    e.set_scoring_candidates(false);
-                    e.set_refit_phase(spread(&w.key()));
-                    e
-                },
+                engine: new_engine(preset.clone(), step, lead_steps, &w.key()),
+                preset,
                 policy: PredictivePolicy::new(pc)
                     .with_context(|| format!("workload {}", w.key()))?,
                 lead_steps,
@@ -481,6 +513,8 @@ impl Service {
             step,
             tick,
             last_snapshot: Mutex::new(None),
+            last_models: Mutex::new(None),
+            writing_models: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             actuator,
             failing_loops: std::sync::atomic::AtomicU32::new(0),
         })
@@ -495,11 +529,78 @@ impl Service {
         self.cfg.data_dir.join("snapshot.json")
     }
 
-    /// Loads the last snapshot (views only: forecasts, decisions), marking them restored.
+    fn models_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("models.bin")
+    }
+
+    /// Loads the last snapshots: the views (forecasts, decisions), marked restored, and each
+    /// workload's forecasting state, so it goes on from where it stopped instead of
+    /// backfilling and replaying days of history. A model state that cannot be used (a
+    /// damaged file, other settings, older than the history window) is skipped with a
+    /// warning: that workload starts cold.
     ///
     /// # Errors
-    /// A snapshot that exists but cannot be read or parsed.
-    pub fn restore(&self) -> anyhow::Result<usize> {
+    /// A view snapshot that exists but cannot be read or parsed.
+    pub fn restore(&self) -> anyhow::Result<Restored> {
+        let views = self.restore_views()?;
+        let models = match self.restore_models() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "Model state not restored; workloads start cold");
+                count(&self.shared.metrics, "store", "snapshot");
+                0
+            }
+        };
+        Ok(Restored { views, models })
+    }
+
+    fn restore_models(&self) -> anyhow::Result<usize> {
+        let path = self.models_path();
+        if !path.exists() {
+            return Ok(0);
+        }
+        let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+        let mut r = std::io::BufReader::new(file);
+        let header: ModelsHeader =
+            bincode::deserialize_from(&mut r).with_context(|| format!("{}", path.display()))?;
+        if header.format != MODELS_FORMAT {
+            anyhow::bail!(
+                "{}: format {} (this build reads {MODELS_FORMAT})",
+                path.display(),
+                header.format
+            );
+        }
+        let now = self.timeline.peek();
+        let history = self.cfg.loop_.history.as_secs() as i64;
+        let mut n = 0;
+        for _ in 0..header.count {
+            let (key, state): (String, crate::forecast::EngineState) =
+                bincode::deserialize_from(&mut r).with_context(|| format!("{}", path.display()))?;
+            let Some(rt) = self.runtime(&key) else {
+                continue;
+            };
+            let Ok(mut rt) = rt.lock() else { continue };
+            let mut engine = rt.fresh_engine();
+            match engine.restore(state) {
+                // Only a state from the past, and recent enough that the gap since can be
+                // fetched: else the history window is better refetched whole.
+                Ok(())
+                    if engine
+                        .last_sample()
+                        .is_some_and(|t| t <= now && now - t < history) =>
+                {
+                    rt.last_sample = engine.last_sample();
+                    rt.engine = engine;
+                    n += 1;
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(workload = %key, error = %e, "Starting cold"),
+            }
+        }
+        Ok(n)
+    }
+
+    fn restore_views(&self) -> anyhow::Result<usize> {
         let path = self.snapshot_path();
         if !path.exists() {
             return Ok(0);
@@ -650,6 +751,8 @@ impl Service {
         self.update_safety();
         self.publish_views();
         self.snapshot(false);
+        // Off the loop: it is awaited only at shutdown (`save`).
+        drop(self.snapshot_models(false));
         self.shared
             .metrics
             .loop_duration
@@ -900,6 +1003,88 @@ impl Service {
         }
     }
 
+    /// Writes every workload's forecasting state to `data_dir/models.bin`, one workload at a
+    /// time (each lock held only while its state is copied), then fsync and rename.
+    fn write_models(runtimes: &[Arc<Mutex<Runtime>>], path: &Path) -> anyhow::Result<usize> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(file);
+        bincode::serialize_into(
+            &mut w,
+            &ModelsHeader {
+                format: MODELS_FORMAT,
+                count: runtimes.len() as u64,
+            },
+        )?;
+        let mut n = 0;
+        for rt in runtimes {
+            let (key, state) = match rt.lock() {
+                Ok(r) => (r.cfg.key(), r.engine.state()),
+                Err(_) => continue,
+            };
+            bincode::serialize_into(&mut w, &(key, state))?;
+            n += 1;
+        }
+        // Entries of poisoned locks are missing: the count written says how many follow.
+        anyhow::ensure!(
+            n == runtimes.len(),
+            "{} workload(s) could not be read",
+            runtimes.len() - n
+        );
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        drop(w);
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(n)
+    }
+
+    /// Starts a write of the model state on a blocking thread when the last one is older
+    /// than [`MODELS_EVERY`] (or with `force`) and none is under way; returns it, to be
+    /// awaited at shutdown.
+    fn snapshot_models(&self, force: bool) -> Option<tokio::task::JoinHandle<()>> {
+        use std::sync::atomic::Ordering;
+        let mut last = self.last_models.lock().ok()?;
+        if !force && last.is_some_and(|t| t.elapsed() < MODELS_EVERY) {
+            return None;
+        }
+        if self.writing_models.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        *last = Some(std::time::Instant::now());
+        let runtimes = self.runtimes.clone();
+        let path = self.models_path();
+        let writing = self.writing_models.clone();
+        let shared = self.shared.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = Self::write_models(&runtimes, &path) {
+                tracing::warn!(error = %e, "Model state snapshot failed");
+                count(&shared.metrics, "store", "snapshot");
+            }
+            writing.store(false, Ordering::SeqCst);
+        }))
+    }
+
+    /// Writes both snapshots now (views and model state) and waits for them, as at shutdown.
+    pub async fn save(&self) {
+        self.snapshot(true);
+        // A periodic write still under way finishes first; then one with the latest state.
+        while self
+            .writing_models
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(job) = self.snapshot_models(true) {
+            let _ = job.await;
+        }
+    }
+
     /// Writes the snapshot when the last one is older than [`SNAPSHOT_EVERY`] (or always,
     /// with `force`, at shutdown): with thousands of workloads a snapshot is tens of MB.
     fn snapshot(&self, force: bool) {
@@ -940,7 +1125,7 @@ impl Service {
                 }
             }
         }
-        self.snapshot(true);
+        self.save().await;
     }
 }
 
@@ -1348,6 +1533,16 @@ impl Runtime {
     fn engine_step(&self) -> u64 {
         self.engine.step()
     }
+
+    /// A new engine with this workload's settings (to take up a saved state).
+    fn fresh_engine(&self) -> Engine {
+        new_engine(
+            self.preset.clone(),
+            self.engine.step(),
+            self.lead_steps,
+            &self.cfg.key(),
+        )
+    }
 }
 
 fn no_kube() -> ActuateError {
@@ -1395,6 +1590,16 @@ fn applied_record(t: &Target, a: Applied, p: &Publication, now: Timestamp) -> Re
         comment: None,
         outcome: Some(format!("scaled {} -> {}", a.previous, a.replicas)),
     }
+}
+
+/// A workload's engine as the service runs it.
+fn new_engine(preset: ModelPreset, step: u64, lead_steps: usize, key: &str) -> Engine {
+    let mut e = Engine::new(preset, step, lead_steps);
+    e.set_evaluating(true);
+    // Nothing here reads each candidate's own statistics.
+    e.set_scoring_candidates(false);
+    e.set_refit_phase(spread(key));
+    e
 }
 
 /// A stable number in `[0, 1)` from a workload key (FNV-1a), to spread per-workload work.

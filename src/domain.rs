@@ -184,6 +184,47 @@ impl<const N: usize> SlidingSums<N> {
     pub fn count(&self) -> usize {
         self.count
     }
+
+    /// Everything, as plain data (for snapshots).
+    pub fn to_saved(&self) -> SavedSums {
+        SavedSums {
+            buckets: self.buckets.iter().map(|(v, n)| (v.to_vec(), *n)).collect(),
+            per_bucket: self.per_bucket,
+            max_buckets: self.max_buckets,
+            totals: self.totals.to_vec(),
+            count: self.count,
+        }
+    }
+
+    /// The sums saved by [`SlidingSums::to_saved`]; `None` when they have another width or
+    /// do not add up.
+    pub fn from_saved(s: SavedSums) -> Option<Self> {
+        let mut buckets = std::collections::VecDeque::with_capacity(s.max_buckets + 1);
+        for (v, n) in s.buckets {
+            buckets.push_back((<[f64; N]>::try_from(v).ok()?, n));
+        }
+        let count: usize = buckets.iter().map(|(_, n)| *n as usize).sum();
+        if count != s.count || buckets.len() > s.max_buckets || s.per_bucket == 0 {
+            return None;
+        }
+        Some(Self {
+            buckets,
+            per_bucket: s.per_bucket,
+            max_buckets: s.max_buckets,
+            totals: <[f64; N]>::try_from(s.totals).ok()?,
+            count,
+        })
+    }
+}
+
+/// [`SlidingSums`] as plain data.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SavedSums {
+    buckets: Vec<(Vec<f64>, u32)>,
+    per_bucket: u32,
+    max_buckets: usize,
+    totals: Vec<f64>,
+    count: usize,
 }
 
 #[cfg(test)]
@@ -202,5 +243,11 @@ mod tests {
         let expected: f64 = (9360..10_000).map(|i| i as f64).sum();
         assert!((s.totals()[1] - expected).abs() < 1e-6);
         assert!(s.buckets.len() <= 64);
+        let back = SlidingSums::<2>::from_saved(s.to_saved()).unwrap();
+        assert_eq!(back, s);
+        assert!(
+            SlidingSums::<1>::from_saved(s.to_saved()).is_none(),
+            "another width"
+        );
     }
 }

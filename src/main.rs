@@ -438,8 +438,11 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
                     writeln!(out, "demo:   curl -s -X POST -H 'Authorization: Bearer {t}' -H 'Content-Type: application/json' -d '{{\"comment\":\"ok\"}}' http://{listen}/api/v1/recommendations/ID/approve")?;
                 }
             }
-            if restored > 0 {
-                writeln!(out, "restored {restored} workload(s) from the last snapshot")?;
+            if restored.views > 0 {
+                writeln!(out, "restored {} workload(s) from the last snapshot", restored.views)?;
+            }
+            if restored.models > 0 {
+                writeln!(out, "restored the forecasting state of {} workload(s)", restored.models)?;
             }
         }
         let server = axum::serve(listener, prescale::api::router_with(service.shared(), settings))

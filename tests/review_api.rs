@@ -20,7 +20,6 @@ use prescale::api::{ApiSettings, router_with};
 use prescale::app::{Service, Timeline};
 use prescale::collector::TraceSource;
 use prescale::config::Config;
-use prescale::sim::Trace;
 use prescale::store::{RecState, Recommendation, RecommendationReason, Store, new_id};
 
 const VIEWER: &str = "viewer-token-0123456789";
@@ -141,18 +140,13 @@ async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
 /// As [`setup`], with the loop's tick when it is run by `Service::run`.
 async fn setup_with(store_url: Option<&str>, socket: bool, tick: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa_5min_14d.csv");
-    let trace = Trace::parse(&fixture, &std::fs::read(&fixture).unwrap()).unwrap();
+    let trace = common::nasa_fixture();
     let cap = trace.value_quantile(0.99) / 20.0;
     let yaml = format!(
-        "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
-         loop: {{interval: 300s, history: 7d}}\n\
-         data_dir: '{}'\n\
-         workloads:\n\
+        "{}\
          - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n\
          - {{namespace: shop, name: api, demand_query: 'demo:500', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n",
-        dir.path().display()
+        common::test_config_head(dir.path())
     );
     let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
     let t0 = trace.timestamps[0] + 7 * 86_400;

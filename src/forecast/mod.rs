@@ -25,7 +25,7 @@ mod naive;
 mod preset;
 mod season;
 
-pub use engine::{CandidateStats, Engine, EngineStatus};
+pub use engine::{CandidateStats, Engine, EngineState, EngineStatus, StateMismatch};
 pub use history::{clip_outliers, level_shift_start};
 pub use preset::{ModelPreset, PresetError, ResidualScale};
 pub use season::detect_periods;

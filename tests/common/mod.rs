@@ -202,3 +202,22 @@ pub fn start_demo_with(
     }
     panic!("not ready");
 }
+
+/// The committed 14-day NASA-HTTP fixture at 5-minute steps.
+pub fn nasa_fixture() -> prescale::sim::Trace {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa_5min_14d.csv");
+    prescale::sim::Trace::parse(&path, &std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// The head of a service config for tests: no real Prometheus, 5-minute loops over 7 days
+/// of history, `data` as the data directory; workloads follow.
+pub fn test_config_head(data: &std::path::Path) -> String {
+    format!(
+        "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
+         loop: {{interval: 300s, history: 7d}}\n\
+         data_dir: '{}'\n\
+         workloads:\n",
+        data.display()
+    )
+}

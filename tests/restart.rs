@@ -1,0 +1,146 @@
+//! A restart goes on from where the service stopped: the forecasting state written at
+//! shutdown is restored, only the samples since are fetched, and the forecasts are those of
+//! a service that never stopped. A damaged state file costs a cold start, never the start.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prescale::app::{Restored, Service, Timeline};
+use prescale::collector::{CollectError, MetricSource, Sample, TimeWindow, TraceSource};
+use prescale::config::Config;
+use prescale::sim::Trace;
+
+const STEP: i64 = 300;
+
+/// The bundled trace, with every window asked for written down.
+struct Recording {
+    inner: TraceSource,
+    asked: Mutex<Vec<TimeWindow>>,
+}
+
+#[async_trait::async_trait]
+impl MetricSource for Recording {
+    async fn fetch(&self, q: &str, w: TimeWindow) -> Result<Vec<Sample>, CollectError> {
+        self.asked.lock().unwrap().push(w);
+        self.inner.fetch(q, w).await
+    }
+}
+
+fn trace() -> Trace {
+    common::nasa_fixture()
+}
+
+fn service(data: &std::path::Path, now: i64) -> (Service, Arc<Recording>) {
+    let trace = trace();
+    let cap = trace.value_quantile(0.99) / 20.0;
+    let yaml = format!(
+        "{}- {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m}}\n",
+        common::test_config_head(data)
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(Recording {
+        inner: TraceSource::new(&trace),
+        asked: Mutex::new(Vec::new()),
+    });
+    let timeline = Timeline::Virtual {
+        now: std::sync::atomic::AtomicI64::new(now),
+        per_tick: STEP,
+    };
+    let svc = Service::new(
+        cfg,
+        source.clone(),
+        timeline,
+        STEP as u64,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    (svc, source)
+}
+
+fn forecast(svc: &Service) -> (Vec<f64>, Vec<f64>, Option<String>) {
+    let v = svc.shared().views.read().unwrap()["shop/web"].clone();
+    let f = v.forecast.unwrap();
+    (f.point, f.upper, v.model)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_goes_on_from_the_saved_state() {
+    let data = tempfile::tempdir().unwrap();
+    let t0 = trace().timestamps[0] + 7 * 86_400;
+    let (a, _) = service(data.path(), t0);
+    let mut t = t0;
+    for _ in 0..12 {
+        a.run_once(t).await;
+        t += STEP;
+    }
+    a.save().await;
+    assert!(data.path().join("models.bin").exists());
+
+    // The second process starts where the first stopped.
+    let (b, asked) = service(data.path(), t - STEP);
+    assert_eq!(
+        b.restore().unwrap(),
+        Restored {
+            views: 1,
+            models: 1
+        }
+    );
+    for k in 0..48 {
+        a.run_once(t).await;
+        b.run_once(t).await;
+        assert_eq!(forecast(&a), forecast(&b), "loop {k} after the restart");
+        t += STEP;
+    }
+    // Nothing was backfilled: the first fetch starts right after the last sample saved.
+    let first = asked.asked.lock().unwrap()[0];
+    assert_eq!(first.start, t0 + 11 * STEP + STEP, "{first:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_stale_state_means_a_cold_start() {
+    let data = tempfile::tempdir().unwrap();
+    let t0 = trace().timestamps[0] + 7 * 86_400;
+    let (a, _) = service(data.path(), t0);
+    a.run_once(t0).await;
+    a.save().await;
+    // Eight days later: older than the history window, so refetched whole.
+    let late = t0 + 8 * 86_400;
+    let (b, asked) = service(data.path(), late);
+    assert_eq!(
+        b.restore().unwrap(),
+        Restored {
+            views: 1,
+            models: 0
+        }
+    );
+    b.run_once(late).await;
+    assert_eq!(asked.asked.lock().unwrap()[0].start, late - 7 * 86_400);
+    // Garbage in the file: a warning and a cold start, not a failed start.
+    let models = data.path().join("models.bin");
+    let mut bytes = std::fs::read(&models).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&models, &bytes).unwrap();
+    let (c, _) = service(data.path(), t0 + STEP);
+    assert_eq!(
+        c.restore().unwrap(),
+        Restored {
+            views: 1,
+            models: 0
+        }
+    );
+    std::fs::write(&models, b"not a model state at all").unwrap();
+    let (d, _) = service(data.path(), t0 + STEP);
+    assert_eq!(d.restore().unwrap().models, 0);
+    d.run_once(t0 + STEP).await;
+    assert!(
+        d.shared()
+            .metrics
+            .encode_text()
+            .contains("prescale_errors_total{stage=\"store\",kind=\"snapshot\"} 1"),
+        "the failed restore is counted"
+    );
+}
