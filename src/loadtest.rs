@@ -87,6 +87,16 @@ pub struct LoopBench {
     pub rss_after_bytes: u64,
     /// (after - before) / workloads.
     pub rss_per_workload_bytes: u64,
+    /// Writing both snapshots (views and model state), as at shutdown.
+    pub save_seconds: f64,
+    /// Size of the model state file.
+    pub models_file_bytes: u64,
+    /// A second service on the same data directory: reading the snapshots back.
+    pub restore_seconds: f64,
+    /// Workloads whose forecasting state the second service restored.
+    pub restored_models: usize,
+    /// Its first loop: the samples since, one refit per model (no backfill, no replay).
+    pub restart_first_loop_seconds: f64,
 }
 
 fn rss_bytes() -> u64 {
@@ -123,15 +133,26 @@ pub async fn run(
         );
     }
     let cfg = Config::parse(std::path::Path::new("bench"), &yaml, &|_| None)?;
-    let rss_before = rss_bytes();
-    let service = Service::new(
-        cfg,
-        Arc::new(SyntheticSource),
-        Timeline::Wall,
-        step,
-        Duration::from_secs(step),
-    )?;
+    // Snapshots of an earlier run are not this run's.
+    let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    // The loop's clock is the bench's (`run_once` is given the time); restore reads it.
+    let build = |cfg: Config, at: i64| {
+        let timeline = Timeline::Virtual {
+            now: std::sync::atomic::AtomicI64::new(at),
+            per_tick: step as i64,
+        };
+        Service::new(
+            cfg,
+            Arc::new(SyntheticSource),
+            timeline,
+            step,
+            Duration::from_secs(step),
+        )
+    };
     let mut now = 1_790_000_000_i64 / step as i64 * step as i64;
+    let rss_before = rss_bytes();
+    let service = build(cfg.clone(), now)?;
     let clock = Instant::now();
     service.run_once(now).await;
     let warmup = clock.elapsed().as_secs_f64();
@@ -143,6 +164,21 @@ pub async fn run(
         loop_seconds.push(clock.elapsed().as_secs_f64());
     }
     let rss_after = rss_bytes();
+    let clock = Instant::now();
+    service.save().await;
+    let save_seconds = clock.elapsed().as_secs_f64();
+    drop(service);
+    let models_file_bytes =
+        std::fs::metadata(cfg.data_dir.join("models.bin")).map_or(0, |m| m.len());
+    // A restart: the next loop's time, from the snapshots.
+    let clock = Instant::now();
+    let again = build(cfg, now)?;
+    let restored = again.restore()?;
+    let restore_seconds = clock.elapsed().as_secs_f64();
+    now += step as i64;
+    let clock = Instant::now();
+    again.run_once(now).await;
+    let restart_first_loop_seconds = clock.elapsed().as_secs_f64();
     Ok(LoopBench {
         workloads: n,
         history_seconds: history.as_secs(),
@@ -152,6 +188,11 @@ pub async fn run(
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         rss_per_workload_bytes: rss_after.saturating_sub(rss_before) / n.max(1) as u64,
+        save_seconds,
+        models_file_bytes,
+        restore_seconds,
+        restored_models: restored.models,
+        restart_first_loop_seconds,
     })
 }
 
