@@ -325,6 +325,23 @@ const MODELS_EVERY: Duration = Duration::from_secs(900);
 /// Format of `models.bin`; a file of another format is not read (workloads start cold).
 const MODELS_FORMAT: u32 = 1;
 
+/// How `models.bin` is encoded (bincode, fixed-width integers), written and read alike.
+fn models_codec() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The head of `models.bin`: then `count` entries of (`namespace/name`, state).
 #[derive(Serialize, Deserialize)]
 struct ModelsHeader {
@@ -543,26 +560,37 @@ impl Service {
     /// A view snapshot that exists but cannot be read or parsed.
     pub fn restore(&self) -> anyhow::Result<Restored> {
         let views = self.restore_views()?;
-        let models = match self.restore_models() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "Model state not restored; workloads start cold");
-                count(&self.shared.metrics, "store", "snapshot");
-                0
-            }
-        };
+        let (models, error) = self.restore_models();
+        if let Some(e) = error {
+            tracing::warn!(error = %e, restored = models, "Model state not all restored; the rest start cold");
+            count(&self.shared.metrics, "store", "snapshot");
+        }
         Ok(Restored { views, models })
     }
 
-    fn restore_models(&self) -> anyhow::Result<usize> {
+    /// Restores what `models.bin` holds; the count restored, and the error that stopped the
+    /// reading early, if one did.
+    fn restore_models(&self) -> (usize, Option<anyhow::Error>) {
+        let mut n = 0;
+        let error = self.read_models(&mut n).err();
+        (n, error)
+    }
+
+    fn read_models(&self, n: &mut usize) -> anyhow::Result<()> {
+        use bincode::Options;
         let path = self.models_path();
         if !path.exists() {
-            return Ok(0);
+            return Ok(());
         }
         let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+        // No length read from the file may ask for more than the file holds (a damaged
+        // length would otherwise be an allocation of exabytes).
+        let limit = file.metadata()?.len();
+        let codec = || models_codec().with_limit(limit);
         let mut r = std::io::BufReader::new(file);
-        let header: ModelsHeader =
-            bincode::deserialize_from(&mut r).with_context(|| format!("{}", path.display()))?;
+        let header: ModelsHeader = codec()
+            .deserialize_from(&mut r)
+            .with_context(|| format!("{}", path.display()))?;
         if header.format != MODELS_FORMAT {
             anyhow::bail!(
                 "{}: format {} (this build reads {MODELS_FORMAT})",
@@ -572,10 +600,10 @@ impl Service {
         }
         let now = self.timeline.peek();
         let history = self.cfg.loop_.history.as_secs() as i64;
-        let mut n = 0;
         for _ in 0..header.count {
-            let (key, state): (String, crate::forecast::EngineState) =
-                bincode::deserialize_from(&mut r).with_context(|| format!("{}", path.display()))?;
+            let (key, state): (String, crate::forecast::EngineState) = codec()
+                .deserialize_from(&mut r)
+                .with_context(|| format!("{}", path.display()))?;
             let Some(rt) = self.runtime(&key) else {
                 continue;
             };
@@ -591,13 +619,13 @@ impl Service {
                 {
                     rt.last_sample = engine.last_sample();
                     rt.engine = engine;
-                    n += 1;
+                    *n += 1;
                 }
                 Ok(()) => {}
                 Err(e) => tracing::warn!(workload = %key, error = %e, "Starting cold"),
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     fn restore_views(&self) -> anyhow::Result<usize> {
@@ -1006,32 +1034,32 @@ impl Service {
     /// Writes every workload's forecasting state to `data_dir/models.bin`, one workload at a
     /// time (each lock held only while its state is copied), then fsync and rename.
     fn write_models(runtimes: &[Arc<Mutex<Runtime>>], path: &Path) -> anyhow::Result<usize> {
+        use bincode::Options;
         use std::io::Write;
         let tmp = path.with_extension("tmp");
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::new(file);
-        bincode::serialize_into(
+        // A workload whose lock was poisoned (a panic in its pass) is left out, not the rest.
+        let healthy: Vec<&Arc<Mutex<Runtime>>> =
+            runtimes.iter().filter(|rt| !rt.is_poisoned()).collect();
+        let codec = models_codec();
+        codec.serialize_into(
             &mut w,
             &ModelsHeader {
                 format: MODELS_FORMAT,
-                count: runtimes.len() as u64,
+                count: healthy.len() as u64,
             },
         )?;
         let mut n = 0;
-        for rt in runtimes {
-            let (key, state) = match rt.lock() {
-                Ok(r) => (r.cfg.key(), r.engine.state()),
-                Err(_) => continue,
+        for rt in healthy {
+            let Ok(r) = rt.lock() else {
+                anyhow::bail!("a workload's lock was poisoned while writing");
             };
-            bincode::serialize_into(&mut w, &(key, state))?;
+            let entry = (r.cfg.key(), r.engine.state());
+            drop(r);
+            codec.serialize_into(&mut w, &entry)?;
             n += 1;
         }
-        // Entries of poisoned locks are missing: the count written says how many follow.
-        anyhow::ensure!(
-            n == runtimes.len(),
-            "{} workload(s) could not be read",
-            runtimes.len() - n
-        );
         w.flush()?;
         w.get_ref().sync_all()?;
         drop(w);
@@ -1062,26 +1090,25 @@ impl Service {
         let writing = self.writing_models.clone();
         let shared = self.shared.clone();
         Some(tokio::task::spawn_blocking(move || {
+            // Cleared however the write ends, a panic included.
+            let _writing = ClearOnDrop(writing);
             if let Err(e) = Self::write_models(&runtimes, &path) {
                 tracing::warn!(error = %e, "Model state snapshot failed");
                 count(&shared.metrics, "store", "snapshot");
             }
-            writing.store(false, Ordering::SeqCst);
         }))
     }
 
     /// Writes both snapshots now (views and model state) and waits for them, as at shutdown.
     pub async fn save(&self) {
         self.snapshot(true);
-        // A periodic write still under way finishes first; then one with the latest state.
-        while self
-            .writing_models
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        // A write still under way finishes first; then one with the latest state.
+        loop {
+            if let Some(job) = self.snapshot_models(true) {
+                let _ = job.await;
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(job) = self.snapshot_models(true) {
-            let _ = job.await;
         }
     }
 

@@ -196,21 +196,31 @@ impl<const N: usize> SlidingSums<N> {
         }
     }
 
-    /// The sums saved by [`SlidingSums::to_saved`]; `None` when they have another width or
-    /// do not add up.
-    pub fn from_saved(s: SavedSums) -> Option<Self> {
-        let mut buckets = std::collections::VecDeque::with_capacity(s.max_buckets + 1);
+    /// The sums saved by [`SlidingSums::to_saved`], for a window shaped like `like`; `None`
+    /// when they have another width or shape, or do not add up.
+    pub fn from_saved(s: SavedSums, like: &Self) -> Option<Self> {
+        if s.per_bucket != like.per_bucket
+            || s.max_buckets != like.max_buckets
+            || s.buckets.len() > like.max_buckets
+        {
+            return None;
+        }
+        let mut buckets = std::collections::VecDeque::with_capacity(like.max_buckets + 1);
+        let mut count = 0_usize;
         for (v, n) in s.buckets {
+            if n == 0 || n > like.per_bucket {
+                return None;
+            }
+            count += n as usize;
             buckets.push_back((<[f64; N]>::try_from(v).ok()?, n));
         }
-        let count: usize = buckets.iter().map(|(_, n)| *n as usize).sum();
-        if count != s.count || buckets.len() > s.max_buckets || s.per_bucket == 0 {
+        if count != s.count {
             return None;
         }
         Some(Self {
             buckets,
-            per_bucket: s.per_bucket,
-            max_buckets: s.max_buckets,
+            per_bucket: like.per_bucket,
+            max_buckets: like.max_buckets,
             totals: <[f64; N]>::try_from(s.totals).ok()?,
             count,
         })
@@ -243,11 +253,17 @@ mod tests {
         let expected: f64 = (9360..10_000).map(|i| i as f64).sum();
         assert!((s.totals()[1] - expected).abs() < 1e-6);
         assert!(s.buckets.len() <= 64);
-        let back = SlidingSums::<2>::from_saved(s.to_saved()).unwrap();
+        let back = SlidingSums::<2>::from_saved(s.to_saved(), &SlidingSums::new(640)).unwrap();
         assert_eq!(back, s);
+        let one = SlidingSums::<1>::new(640);
         assert!(
-            SlidingSums::<1>::from_saved(s.to_saved()).is_none(),
+            SlidingSums::from_saved(s.to_saved(), &one).is_none(),
             "another width"
+        );
+        let other = SlidingSums::<2>::new(6400);
+        assert!(
+            SlidingSums::from_saved(s.to_saved(), &other).is_none(),
+            "another window"
         );
     }
 }

@@ -103,28 +103,18 @@ async fn a_restart_goes_on_from_the_saved_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_or_stale_state_means_a_cold_start() {
     let data = tempfile::tempdir().unwrap();
+    let models = data.path().join("models.bin");
     let t0 = trace().timestamps[0] + 7 * 86_400;
     let (a, _) = service(data.path(), t0);
     a.run_once(t0).await;
     a.save().await;
+    let good = std::fs::read(&models).unwrap();
+    // Control: the file as written is taken up.
+    let (b, _) = service(data.path(), t0 + STEP);
+    assert_eq!(b.restore().unwrap().models, 1);
     // Eight days later: older than the history window, so refetched whole.
     let late = t0 + 8 * 86_400;
-    let (b, asked) = service(data.path(), late);
-    assert_eq!(
-        b.restore().unwrap(),
-        Restored {
-            views: 1,
-            models: 0
-        }
-    );
-    b.run_once(late).await;
-    assert_eq!(asked.asked.lock().unwrap()[0].start, late - 7 * 86_400);
-    // Garbage in the file: a warning and a cold start, not a failed start.
-    let models = data.path().join("models.bin");
-    let mut bytes = std::fs::read(&models).unwrap();
-    bytes.truncate(bytes.len() / 2);
-    std::fs::write(&models, &bytes).unwrap();
-    let (c, _) = service(data.path(), t0 + STEP);
+    let (c, asked) = service(data.path(), late);
     assert_eq!(
         c.restore().unwrap(),
         Restored {
@@ -132,15 +122,41 @@ async fn a_damaged_or_stale_state_means_a_cold_start() {
             models: 0
         }
     );
-    std::fs::write(&models, b"not a model state at all").unwrap();
-    let (d, _) = service(data.path(), t0 + STEP);
-    assert_eq!(d.restore().unwrap().models, 0);
-    d.run_once(t0 + STEP).await;
-    assert!(
-        d.shared()
-            .metrics
-            .encode_text()
-            .contains("prescale_errors_total{stage=\"store\",kind=\"snapshot\"} 1"),
-        "the failed restore is counted"
-    );
+    c.run_once(late).await;
+    c.save().await;
+    assert_eq!(asked.asked.lock().unwrap()[0].start, late - 7 * 86_400);
+    // Damaged copies of the good file: a warning and a cold start, never a failed start
+    // (nor an abort: a length read from the file is bounded by the file's size).
+    let header = 12; // format (u32) and count (u64)
+    let mut huge_key = good[..header].to_vec();
+    huge_key.extend_from_slice(&(1_u64 << 62).to_le_bytes());
+    let mut flipped = good.clone();
+    for b in &mut flipped[header..header + 64] {
+        *b = !*b;
+    }
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("huge length", huge_key),
+        ("flipped bytes", flipped),
+        ("not ours", b"not a model state at all".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(&models, &bytes).unwrap();
+        let (d, _) = service(data.path(), t0 + STEP);
+        assert_eq!(
+            d.restore().unwrap(),
+            Restored {
+                views: 1,
+                models: 0
+            },
+            "{what}"
+        );
+        assert!(
+            d.shared()
+                .metrics
+                .encode_text()
+                .contains("prescale_errors_total{stage=\"store\",kind=\"snapshot\"} 1"),
+            "{what}: the failed restore is counted"
+        );
+    }
 }

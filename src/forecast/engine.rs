@@ -191,6 +191,8 @@ pub struct Engine {
     level: f64,
     periods: Vec<usize>,
     last_fit_end: Option<usize>,
+    /// First grid index of the last fit's window.
+    last_fit_start: Option<usize>,
     fit: FitSettings,
     /// Index 0 is persistence, the reactive reference.
     cands: Vec<Candidate>,
@@ -279,6 +281,7 @@ impl Engine {
             level: 0.0,
             periods: Vec::new(),
             last_fit_end: None,
+            last_fit_start: None,
             fit,
             cands,
             selected: 0,
@@ -429,6 +432,8 @@ impl Engine {
         if self.values.len() > self.keep + DROP_BATCH {
             let drop = self.values.len() - self.keep;
             self.values.drain(..drop);
+            // A long gap filled at once grew the grid past its size: give that back.
+            self.values.shrink_to(self.keep + DROP_BATCH + 1);
             self.start += drop;
             while self
                 .unscored
@@ -510,7 +515,10 @@ impl Engine {
             if j >= lead || !scored {
                 continue;
             }
-            let miss = y > upper[j];
+            let Some(&bound) = upper.get(j) else {
+                continue;
+            };
+            let miss = y > bound;
             if j == 0 {
                 self.surprise = y > *top_first;
             }
@@ -528,7 +536,7 @@ impl Engine {
                     s.count += 1;
                     s.covered += usize::from(!miss);
                     s.abs_error_sum += (y - point_lead).abs();
-                    s.pinball_sum += pinball(y, upper[j], q);
+                    s.pinball_sum += pinball(y, bound, q);
                 }
             }
         }
@@ -543,15 +551,24 @@ impl Engine {
 
     fn refit(&mut self) {
         // After a restore, the models are fitted again on exactly the data the lost ones
-        // were fitted on (when it is still held): the engine goes on as if it never stopped.
-        let n = match (self.unfitted, self.last_fit_end) {
-            (true, Some(f)) if f > self.start && f - self.start <= self.values.len() => {
-                f - self.start
-            }
-            _ => self.values.len(),
+        // were fitted on, when it is all still held: the engine goes on as if it never
+        // stopped. Else (history trimmed since, or much new data) a normal fit.
+        let end = self.start + self.values.len();
+        let exact = match (self.unfitted, self.last_fit_start, self.last_fit_end) {
+            (true, Some(a), Some(f)) if self.start <= a && a < f && f <= end => Some((a, f)),
+            _ => None,
         };
-        let len = n.min(self.history_len);
-        let first = n - len;
+        if self.unfitted && exact.is_none() {
+            // Not a restore of the same fit: a fit of its own, on its own schedule.
+            self.unfitted = false;
+        }
+        let (first, n) = match exact {
+            Some((a, f)) => (a - self.start, f - self.start),
+            None => {
+                let n = self.values.len();
+                (n - n.min(self.history_len), n)
+            }
+        };
         let mut cleaned: Vec<f64> = self.values[first..n]
             .iter()
             .map(|&v| f64::from(v))
@@ -577,9 +594,9 @@ impl Engine {
             }
         }
         self.refits += 1;
-        // A fit forced by a restore keeps the schedule it interrupted (refits stay spread).
-        let forced = std::mem::take(&mut self.unfitted);
-        if !forced || self.last_fit_end.is_none() {
+        // A fit that redoes a lost one keeps the schedule it interrupted (refits stay spread).
+        if !std::mem::take(&mut self.unfitted) {
+            self.last_fit_start = Some(self.start + first);
             self.last_fit_end = Some(self.start + n);
         }
     }
@@ -782,6 +799,9 @@ pub struct EngineState {
     level: f64,
     periods: Vec<usize>,
     last_fit_end: Option<usize>,
+    last_fit_start: Option<usize>,
+    /// The preset the state was learned under (JSON): another preset means a cold start.
+    preset: String,
     cands: Vec<CandidateState>,
     selected: usize,
     demoted: bool,
@@ -846,6 +866,8 @@ impl Engine {
             level: self.level,
             periods: self.periods.clone(),
             last_fit_end: self.last_fit_end,
+            last_fit_start: self.last_fit_start,
+            preset: self.preset_fingerprint(),
             cands: self
                 .cands
                 .iter()
@@ -901,29 +923,55 @@ impl Engine {
         if kinds != saved {
             return Err(StateMismatch("candidate models changed"));
         }
-        let fits = |c: &CandidateState| {
-            c.resid.len() == self.lead
-                && c.resid
-                    .iter()
-                    .all(|r| r.len() <= self.cands[0].resid[0].cap)
-                && c.pending
-                    .iter()
-                    .all(|p| p.point.len() == self.lead && p.scale.len() == self.lead)
-        };
-        let consistent = s.cands.iter().all(fits)
-            && s.selected < s.cands.len()
-            && s.levels.len() == self.lead
-            && s.published.iter().all(|(_, u, _, _)| u.len() <= self.lead)
-            && s.values.len() <= self.keep + DROP_BATCH;
+        if s.preset != self.preset_fingerprint() {
+            return Err(StateMismatch("model preset changed"));
+        }
         let bad = || StateMismatch("inconsistent saved state");
+        let lead = self.lead;
+        let cap = self.cands[0].resid[0].cap;
+        let end = s.start.checked_add(s.values.len()).ok_or_else(bad)?;
+        // The grid's times: the first sample at t0, the last one at the end of the grid.
+        let grid_ok = match s.t0 {
+            None => s.values.is_empty() && s.start == 0,
+            Some(t0) => {
+                let last = (end as i64 - 1)
+                    .checked_mul(self.step as i64)
+                    .and_then(|d| t0.checked_add(d))
+                    .ok_or_else(bad)?;
+                !s.values.is_empty() && (s.last_ts - last).abs() <= self.step as i64 / 2
+            }
+        };
+        let before_end = |k: usize| k <= end;
+        let cand_ok = |c: &CandidateState| {
+            c.resid.len() == lead
+                && c.resid.iter().all(|r| r.len() <= cap)
+                && c.pending.iter().all(|p| {
+                    p.point.len() == lead && p.scale.len() == lead && before_end(p.origin_end)
+                })
+        };
+        let consistent = grid_ok
+            && s.values.len() <= self.keep + DROP_BATCH
+            && s.values.iter().all(|v| v.is_finite() && *v >= 0.0)
+            && s.cands.iter().all(cand_ok)
+            && s.selected < s.cands.len()
+            && s.levels.len() == lead
+            && s.published
+                .iter()
+                .all(|(o, u, _, _)| u.len() == lead && before_end(*o))
+            && s.unscored.iter().all(|&(a, b)| a < b && before_end(b))
+            && s.last_fit_end.is_none_or(before_end)
+            && s.last_fit_start
+                .is_none_or(|a| s.last_fit_end.is_some_and(|f| a < f));
         if !consistent {
             return Err(bad());
         }
-        let recent_errors = SlidingSums::from_saved(s.recent_errors).ok_or_else(bad)?;
+        let recent_errors =
+            SlidingSums::from_saved(s.recent_errors, &self.recent_errors).ok_or_else(bad)?;
         let losses: Vec<SlidingSums<1>> = s
             .cands
             .iter()
-            .map(|c| SlidingSums::from_saved(c.losses.clone()))
+            .zip(&self.cands)
+            .map(|(saved, c)| SlidingSums::from_saved(saved.losses.clone(), &c.losses))
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         self.t0 = s.t0;
@@ -936,6 +984,7 @@ impl Engine {
         self.level = s.level;
         self.periods = s.periods;
         self.last_fit_end = s.last_fit_end;
+        self.last_fit_start = s.last_fit_start;
         for ((c, saved), losses) in self.cands.iter_mut().zip(s.cands).zip(losses) {
             c.fitted = None;
             c.pending = saved.pending;
@@ -960,6 +1009,11 @@ impl Engine {
         self.unfitted = true;
         self.sort_selected();
         Ok(())
+    }
+
+    /// The preset as text, to tell a state learned under another one.
+    fn preset_fingerprint(&self) -> String {
+        serde_json::to_string(&self.preset).unwrap_or_default()
     }
 
     /// Time of the latest sample (None before the first).
@@ -1074,6 +1128,35 @@ mod tests {
         assert_eq!(c.last_sample(), None);
         let mut d = Engine::new(ModelPreset::load("reactive").unwrap(), 300, 2);
         assert!(d.restore(a.state()).is_err());
+        let mut other = preset();
+        other.quantile = 0.95;
+        assert!(
+            Engine::new(other, 300, 2).restore(a.state()).is_err(),
+            "another quantile"
+        );
+        // Tampered states are refused, never taken up to fail later.
+        let tampered: [fn(&mut EngineState); 6] = [
+            |s| s.published.push_back((0, Vec::new(), 0.0, 0.0)),
+            |s| s.t0 = Some(1_000_000),
+            |s| s.values.clear(),
+            |s| {
+                s.cands[1].pending.push_back(Pending {
+                    origin_end: usize::MAX,
+                    point: vec![0.0; 2],
+                    scale: vec![1.0; 2],
+                    upper_lead: 0.0,
+                })
+            },
+            |s| s.last_fit_end = Some(usize::MAX),
+            |s| s.values[0] = f32::NAN,
+        ];
+        for (k, tamper) in tampered.iter().enumerate() {
+            let mut bad = a.state();
+            tamper(&mut bad);
+            let mut e = Engine::new(preset(), 300, 2);
+            assert!(e.restore(bad).is_err(), "tampered state {k} taken up");
+            assert_eq!(e.last_sample(), None);
+        }
     }
 
     #[test]
