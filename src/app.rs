@@ -156,22 +156,25 @@ pub enum Timeline {
     },
 }
 
+/// The wall clock, in Unix seconds.
+fn wall_now() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 impl Timeline {
     /// Now, without advancing a virtual clock.
     fn peek(&self) -> Timestamp {
         match self {
-            Timeline::Wall => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            Timeline::Wall => wall_now(),
             Timeline::Virtual { now, .. } => now.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
     fn tick(&self) -> Timestamp {
         match self {
-            Timeline::Wall => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            Timeline::Wall => wall_now(),
             Timeline::Virtual { now, per_tick } => {
                 now.fetch_add(*per_tick, std::sync::atomic::Ordering::SeqCst) + per_tick
             }
@@ -185,8 +188,6 @@ struct Runtime {
     query: String,
     labels: WorkloadLabels,
     engine: Engine,
-    /// The model preset the engine was made with (to make another).
-    preset: ModelPreset,
     policy: PredictivePolicy,
     lead_steps: usize,
     /// Steps at the end of a backfill replayed through the online backtest.
@@ -265,9 +266,7 @@ impl Shared {
     /// Now on the loop's clock (the wall clock before the first loop).
     pub fn now(&self) -> Timestamp {
         match self.loop_now.load(std::sync::atomic::Ordering::SeqCst) {
-            0 => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            0 => wall_now(),
             t => t,
         }
     }
@@ -487,8 +486,7 @@ impl Service {
                     namespace: w.namespace.clone(),
                     workload: w.name.clone(),
                 },
-                engine: new_engine(preset.clone(), step, lead_steps, &w.key()),
-                preset,
+                engine: new_engine(preset, step, lead_steps, &w.key()),
                 policy: PredictivePolicy::new(pc)
                     .with_context(|| format!("workload {}", w.key()))?,
                 lead_steps,
@@ -608,20 +606,21 @@ impl Service {
                 continue;
             };
             let Ok(mut rt) = rt.lock() else { continue };
-            let mut engine = rt.fresh_engine();
-            match engine.restore(state) {
-                // Only a state from the past, and recent enough that the gap since can be
-                // fetched: else the history window is better refetched whole.
-                Ok(())
-                    if engine
-                        .last_sample()
-                        .is_some_and(|t| t <= now && now - t < history) =>
-                {
-                    rt.last_sample = engine.last_sample();
-                    rt.engine = engine;
+            // Only a state from the past, and recent enough that the gap since can be
+            // fetched: else the history window is better refetched whole.
+            if !state
+                .last_sample()
+                .is_some_and(|t| t <= now && now - t < history)
+            {
+                continue;
+            }
+            // Restored before the first loop, so onto the engine as built; a refused state
+            // leaves it unchanged (cold).
+            match rt.engine.restore(state) {
+                Ok(()) => {
+                    rt.last_sample = rt.engine.last_sample();
                     *n += 1;
                 }
-                Ok(()) => {}
                 Err(e) => tracing::warn!(workload = %key, error = %e, "Starting cold"),
             }
         }
@@ -814,15 +813,13 @@ impl Service {
         for rt in &self.runtimes {
             // The last proposal expired or failed: the same wish may be proposed again (a
             // rejected one is not, so a person is not asked twice).
-            if let Ok(mut r) = rt.lock()
-                && lapsed.contains(&r.cfg.key())
-            {
+            let Ok(mut r) = rt.lock() else { continue };
+            if lapsed.contains(&r.cfg.key()) {
                 r.proposed = None;
             }
             // With the /scale actuator the replicas read from the cluster are the truth; with
             // KEDA, what was last applied is what is published.
-            if let Ok(mut r) = rt.lock()
-                && r.cfg.mode == Mode::Recommend
+            if r.cfg.mode == Mode::Recommend
                 && r.cfg.actuator == ActuatorKind::Keda
                 && let Some(to) = applied.get(&r.cfg.key())
                 && r.current != Some(*to)
@@ -1559,16 +1556,6 @@ impl Runtime {
 
     fn engine_step(&self) -> u64 {
         self.engine.step()
-    }
-
-    /// A new engine with this workload's settings (to take up a saved state).
-    fn fresh_engine(&self) -> Engine {
-        new_engine(
-            self.preset.clone(),
-            self.engine.step(),
-            self.lead_steps,
-            &self.cfg.key(),
-        )
     }
 }
 

@@ -169,6 +169,18 @@ for (const b of document.querySelectorAll('button.reject')) b.onclick = () => de
 }
 "#;
 
+/// The start of both pages, down to the header: title, style, the token field and the
+/// status line (with `message`).
+fn head(message: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>prescale: review</title>\
+         <style>{STYLE}</style></head><body><header><h1>prescale</h1>\
+         <label>API token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label>\
+         <span id=\"message\" role=\"status\">{}</span></header>",
+        esc(message)
+    )
+}
+
 /// What is served, with status 401, to a browser without read access: a token field and
 /// nothing else; the token typed is kept for the session and the page is loaded with it.
 /// Both scripts are blocks: `document.write` keeps the shell's globals, and a second
@@ -194,13 +206,8 @@ if (saved) load(saved);
 /// need a token.
 pub async fn index(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     if s.tokens.authorize(&headers, Role::Viewer).is_err() {
-        let body = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>prescale: review</title>\
-             <style>{STYLE}</style></head><body><header><h1>prescale</h1>\
-             <label>API token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label>\
-             <span id=\"message\" role=\"status\">a token with the viewer role is needed to read</span>\
-             </header><script>{SHELL_SCRIPT}</script></body></html>"
-        );
+        let mut body = head("a token with the viewer role is needed to read");
+        let _ = write!(body, "<script>{SHELL_SCRIPT}</script></body></html>");
         return (
             StatusCode::UNAUTHORIZED,
             [
@@ -228,15 +235,7 @@ pub async fn index(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Respon
             .ok(),
         None => None,
     };
-    let mut out = String::from(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>prescale: review</title>",
-    );
-    let _ = write!(
-        out,
-        "<style>{STYLE}</style></head><body><header><h1>prescale</h1>\
-        <label>API token <input id=\"token\" type=\"password\" autocomplete=\"off\"></label>\
-        <span id=\"message\" role=\"status\"></span></header>"
-    );
+    let mut out = head("");
     out.push_str("<section id=\"pending\"><h2>Pending recommendations</h2>");
     match pending {
         None => out.push_str("<p class=\"error\">the store is unavailable</p>"),

@@ -106,6 +106,11 @@ impl RollingQuantile {
 /// Largest magnitude kept in a residual window (f16 tops out at 65504).
 const F16_LIMIT: f64 = 60_000.0;
 
+/// Grid values as the models take them.
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
 /// Index of the q-quantile in `n` sorted values (the higher of the two neighbours:
 /// conservative for an upper band).
 fn rank(n: usize, q: f64) -> usize {
@@ -130,7 +135,7 @@ pub struct CandidateStats {
     pub selected: usize,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Pending {
     origin_end: usize,
     point: Vec<f64>,
@@ -370,13 +375,7 @@ impl Engine {
     pub fn recent(&self, n: usize) -> (Timestamp, Vec<f64>) {
         let k = n.min(self.values.len());
         let first = self.last_ts - (k.saturating_sub(1) as i64) * self.step as i64;
-        (
-            first,
-            self.values[self.values.len() - k..]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect(),
-        )
+        (first, widen(&self.values[self.values.len() - k..]))
     }
 
     /// Adds a sample. Gaps since the previous sample are interpolated; gaps longer than the
@@ -456,7 +455,7 @@ impl Engine {
 
     /// The grid as f64, for the models (a copy per forecast: f32 at rest, f64 in use).
     fn grid(&self) -> Vec<f64> {
-        self.values.iter().map(|&v| f64::from(v)).collect()
+        widen(&self.values)
     }
 
     fn scale(&self, point: f64) -> f64 {
@@ -569,10 +568,7 @@ impl Engine {
                 (n - n.min(self.history_len), n)
             }
         };
-        let mut cleaned: Vec<f64> = self.values[first..n]
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
+        let mut cleaned = widen(&self.values[first..n]);
         self.periods = detect_periods(&cleaned, self.step, self.preset.max_periods);
         if self.preset.outlier_clip_sd > 0.0 {
             clip_outliers(&mut cleaned, self.preset.outlier_clip_sd, 3);
@@ -825,6 +821,13 @@ struct CandidateState {
     stats: [f64; 5],
 }
 
+impl EngineState {
+    /// Time of the latest sample in the state (None when it holds none).
+    pub fn last_sample(&self) -> Option<Timestamp> {
+        self.t0.map(|_| self.last_ts)
+    }
+}
+
 /// Why a saved [`EngineState`] was not restored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("saved forecasting state does not fit this workload's settings: {0}")]
@@ -873,16 +876,7 @@ impl Engine {
                 .iter()
                 .map(|c| CandidateState {
                     kind: c.kind,
-                    pending: c
-                        .pending
-                        .iter()
-                        .map(|p| Pending {
-                            origin_end: p.origin_end,
-                            point: p.point.clone(),
-                            scale: p.scale.clone(),
-                            upper_lead: p.upper_lead,
-                        })
-                        .collect(),
+                    pending: c.pending.clone(),
                     resid: c
                         .resid
                         .iter()
