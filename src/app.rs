@@ -322,7 +322,7 @@ const APPLY_GRACE_STEPS: i64 = 3;
 const MODELS_EVERY: Duration = Duration::from_secs(900);
 
 /// Format of `models.bin`; a file of another format is not read (workloads start cold).
-const MODELS_FORMAT: u32 = 1;
+const MODELS_FORMAT: u32 = 2;
 
 /// How `models.bin` is encoded (bincode, fixed-width integers), written and read alike.
 fn models_codec() -> impl bincode::Options + Copy {

@@ -128,9 +128,11 @@ pub struct Decision {
 
 /// Sums over a sliding window of the latest `window` pushes, kept in a bounded number of
 /// buckets so memory does not grow with the window (the window is exact to one bucket).
+/// Buckets hold f32 (every workload keeps a score of these windows); the totals are f64 and
+/// are summed again from the buckets whenever one leaves, so rounding never accumulates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlidingSums<const N: usize> {
-    buckets: std::collections::VecDeque<([f64; N], u32)>,
+    buckets: std::collections::VecDeque<([f32; N], u32)>,
     per_bucket: u32,
     max_buckets: usize,
     totals: [f64; N],
@@ -160,18 +162,24 @@ impl<const N: usize> SlidingSums<N> {
     pub fn push(&mut self, v: [f64; N]) {
         match self.buckets.back_mut() {
             Some((sums, n)) if *n < self.per_bucket => {
-                sums.iter_mut().zip(v).for_each(|(s, x)| *s += x);
+                sums.iter_mut().zip(v).for_each(|(s, x)| *s += x as f32);
                 *n += 1;
             }
-            _ => self.buckets.push_back((v, 1)),
+            _ => self.buckets.push_back((v.map(|x| x as f32), 1)),
         }
         self.totals.iter_mut().zip(v).for_each(|(t, x)| *t += x);
         self.count += 1;
         if self.buckets.len() > self.max_buckets
-            && let Some((old, n)) = self.buckets.pop_front()
+            && let Some((_, n)) = self.buckets.pop_front()
         {
-            self.totals.iter_mut().zip(old).for_each(|(t, o)| *t -= o);
             self.count -= n as usize;
+            self.totals = [0.0; N];
+            for (sums, _) in &self.buckets {
+                self.totals
+                    .iter_mut()
+                    .zip(sums)
+                    .for_each(|(t, &x)| *t += f64::from(x));
+            }
         }
     }
 
@@ -188,7 +196,11 @@ impl<const N: usize> SlidingSums<N> {
     /// Everything, as plain data (for snapshots).
     pub fn to_saved(&self) -> SavedSums {
         SavedSums {
-            buckets: self.buckets.iter().map(|(v, n)| (v.to_vec(), *n)).collect(),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(v, n)| (v.iter().map(|&x| f64::from(x)).collect(), *n))
+                .collect(),
             per_bucket: self.per_bucket,
             max_buckets: self.max_buckets,
             totals: self.totals.to_vec(),
@@ -212,7 +224,11 @@ impl<const N: usize> SlidingSums<N> {
                 return None;
             }
             count += n as usize;
-            buckets.push_back((<[f64; N]>::try_from(v).ok()?, n));
+            let v = <[f64; N]>::try_from(v).ok()?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return None;
+            }
+            buckets.push_back((v.map(|x| x as f32), n));
         }
         if count != s.count {
             return None;

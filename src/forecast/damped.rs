@@ -3,6 +3,7 @@
 use augurs::ets::AutoETS;
 use augurs::prelude::*;
 
+use super::path::Path;
 use super::{FittedModel, ForecastError, Forecaster, Window, drift};
 
 const NAME: &str = "damped_trend";
@@ -18,17 +19,13 @@ pub(super) struct DampedTrend {
 
 struct FittedDamped {
     train_end: usize,
-    /// The forecast from the fit to the next refit (f32: held by every workload).
-    path: Vec<f32>,
+    /// The forecast from the fit to the next refit.
+    path: Path,
 }
 
 impl FittedDamped {
     fn base(&self, k: usize) -> f64 {
-        let j = k.saturating_sub(self.train_end);
-        self.path
-            .get(j)
-            .or(self.path.last())
-            .map_or(0.0, |&v| f64::from(v))
+        self.path.get(k.saturating_sub(self.train_end))
     }
 }
 
@@ -56,7 +53,7 @@ impl Forecaster for DampedTrend {
         }
         Ok(Box::new(FittedDamped {
             train_end: history.end(),
-            path: path.iter().map(|&v| v as f32).collect(),
+            path: Path::new(&path),
         }))
     }
 }
@@ -64,7 +61,9 @@ impl Forecaster for DampedTrend {
 impl FittedModel for FittedDamped {
     fn predict(&self, context: Window<'_>, horizon: usize) -> Result<Vec<f64>, ForecastError> {
         let end = context.end();
-        let c = drift(context, self.train_end, ANCHOR_ALPHA, |k| self.base(k));
+        let from = self.train_end.max(context.start);
+        let path = self.path.values_from(from - self.train_end);
+        let c = drift(context, from, ANCHOR_ALPHA, path);
         Ok((0..horizon).map(|j| self.base(end + j) + c).collect())
     }
 }

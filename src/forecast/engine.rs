@@ -8,15 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BAND_LEVELS, Band, Forecast, SavedSums, SlidingSums, Timestamp};
 
+use super::grid::{BLOCK, Grid};
 use super::preset::ResidualScale;
 use super::{
     FitSettings, FittedModel, ForecastError, ModelKind, ModelPreset, Window, clip_outliers,
     detect_periods, level_shift_start,
 };
 
-/// History beyond `history_len` is dropped this many steps at a time (one move of the grid
-/// per batch, not per step).
-const DROP_BATCH: usize = 64;
 /// Switching models needs this relative improvement (hysteresis against flapping).
 const SWITCH_MARGIN: f64 = 0.03;
 /// Published forecasts whose coverage decides `confident`.
@@ -26,13 +24,13 @@ const CONFIDENCE_SLACK: f64 = 0.2;
 
 /// A fixed-size window of residuals, oldest first, in half precision (three significant
 /// digits: far more than a quantile of a thousand residuals can tell; 2 KB a window). The
-/// selected model's windows also keep a sorted copy (f32), for the many quantiles a
+/// selected model's windows also keep a sorted copy (f16 too), for the many quantiles a
 /// forecast reads; the others answer the odd quantile by selection on a scratch copy, so a
 /// workload holds one sorted copy, not one per candidate.
 #[derive(Debug, Clone)]
 struct RollingQuantile {
     fifo: VecDeque<f16>,
-    sorted: Option<Vec<f32>>,
+    sorted: Option<Vec<f16>>,
     cap: usize,
 }
 
@@ -51,10 +49,8 @@ impl RollingQuantile {
     fn push(&mut self, v: f64) {
         // Clamped into f16's range: a residual past it would read back as infinite.
         let h = f16::from_f64(v.clamp(-F16_LIMIT, F16_LIMIT));
-        // What is kept is what is sorted: the f16 value, widened back.
-        let v = h.to_f32();
         if self.fifo.len() == self.cap
-            && let Some(old) = self.fifo.pop_front().map(f16::to_f32)
+            && let Some(old) = self.fifo.pop_front()
             && let Some(sorted) = &mut self.sorted
         {
             let i = sorted.partition_point(|x| x.total_cmp(&old).is_lt());
@@ -64,8 +60,8 @@ impl RollingQuantile {
         }
         self.fifo.push_back(h);
         if let Some(sorted) = &mut self.sorted {
-            let i = sorted.partition_point(|x| x.total_cmp(&v).is_le());
-            sorted.insert(i, v);
+            let i = sorted.partition_point(|x| x.total_cmp(&h).is_le());
+            sorted.insert(i, h);
         }
     }
 
@@ -74,8 +70,8 @@ impl RollingQuantile {
         match (on, self.sorted.is_some()) {
             (true, false) => {
                 let mut v = Vec::with_capacity(self.cap);
-                v.extend(self.fifo.iter().map(|h| h.to_f32()));
-                v.sort_unstable_by(f32::total_cmp);
+                v.extend(self.fifo.iter().copied());
+                v.sort_unstable_by(f16::total_cmp);
                 self.sorted = Some(v);
             }
             (false, true) => self.sorted = None,
@@ -95,7 +91,7 @@ impl RollingQuantile {
         }
         let k = rank(n, q);
         if let Some(sorted) = &self.sorted {
-            return sorted.get(k).map(|&x| f64::from(x));
+            return sorted.get(k).map(|&x| x.to_f64());
         }
         let mut v: Vec<f32> = self.fifo.iter().map(|h| h.to_f32()).collect();
         let (_, x, _) = v.select_nth_unstable_by(k, f32::total_cmp);
@@ -105,11 +101,6 @@ impl RollingQuantile {
 
 /// Largest magnitude kept in a residual window (f16 tops out at 65504).
 const F16_LIMIT: f64 = 60_000.0;
-
-/// Grid values as the models take them.
-fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
-}
 
 /// Index of the q-quantile in `n` sorted values (the higher of the two neighbours:
 /// conservative for an upper band).
@@ -183,8 +174,8 @@ pub struct Engine {
     t0: Option<Timestamp>,
     last_ts: Timestamp,
     start: usize,
-    /// Demand per grid step from `start` (f32: a week at one minute is 40 KB, not 80).
-    values: Vec<f32>,
+    /// Demand per grid step from `start`, compact at rest (see [`Grid`]).
+    grid: Grid,
     /// Grid ranges `[from, to)` filled across gaps too long to be scored (rare: a list of
     /// ranges, not a flag per step).
     unscored: VecDeque<(usize, usize)>,
@@ -276,7 +267,7 @@ impl Engine {
             t0: None,
             last_ts: 0,
             start: 0,
-            values: Vec::new(),
+            grid: Grid::default(),
             unscored: VecDeque::new(),
             // Fits read the last `history_len` steps; older ones are dropped in batches.
             keep: history_len,
@@ -367,15 +358,16 @@ impl Engine {
                 .then(|| self.published_stats.covered as f64 / self.published_stats.count as f64),
             refits: self.refits,
             fit_failures: self.fit_failures,
-            samples: self.values.len(),
+            samples: self.grid.len(),
         }
     }
 
     /// The last `n` values on the grid (gaps filled) and the time of the first of them.
     pub fn recent(&self, n: usize) -> (Timestamp, Vec<f64>) {
-        let k = n.min(self.values.len());
+        let k = n.min(self.grid.len());
         let first = self.last_ts - (k.saturating_sub(1) as i64) * self.step as i64;
-        (first, widen(&self.values[self.values.len() - k..]))
+        let len = self.grid.len();
+        (first, self.grid.to_vec(len - k, len))
     }
 
     /// Adds a sample. Gaps since the previous sample are interpolated; gaps longer than the
@@ -393,8 +385,8 @@ impl Engine {
             self.t0 = Some(ts);
             self.last_ts = ts;
             // The most the grid ever holds, once: no doubling past it.
-            self.values.reserve_exact(self.keep + DROP_BATCH + 1);
-            self.values.push(value as f32);
+            self.grid = Grid::with_capacity(self.keep + BLOCK);
+            self.grid.push(value);
             self.level = value;
             return Ok(());
         };
@@ -406,33 +398,28 @@ impl Engine {
         }
         self.last_ts = ts;
         let k = ((ts - t0) as f64 / self.step as f64).round() as usize;
-        let next = self.start + self.values.len();
+        let next = self.start + self.grid.len();
         if k < next {
             // Jitter put two samples in one grid slot: the newer one wins.
-            if let Some(last) = self.values.last_mut() {
-                *last = value as f32;
-            }
+            self.grid.set_last(value);
             return Ok(());
         }
         let gap = k - next;
-        let prev = self.values.last().map_or(value, |&v| f64::from(v));
+        let prev = self.grid.last().unwrap_or(value);
         for g in 1..=gap {
             let v = prev + (value - prev) * g as f64 / (gap + 1) as f64;
-            self.values.push(v as f32);
+            self.grid.push(v);
         }
         if gap > self.max_fill {
             self.unscored.push_back((next, k));
         }
-        self.values.push(value as f32);
+        self.grid.push(value);
         for idx in next..=k {
             self.mature(idx);
         }
         self.level += 0.01 * (value - self.level);
-        if self.values.len() > self.keep + DROP_BATCH {
-            let drop = self.values.len() - self.keep;
-            self.values.drain(..drop);
-            // A long gap filled at once grew the grid past its size: give that back.
-            self.values.shrink_to(self.keep + DROP_BATCH + 1);
+        let drop = self.grid.trim(self.keep);
+        if drop > 0 {
             self.start += drop;
             while self
                 .unscored
@@ -453,11 +440,6 @@ impl Engine {
             .any(|&(from, to)| from <= idx && idx < to)
     }
 
-    /// The grid as f64, for the models (a copy per forecast: f32 at rest, f64 in use).
-    fn grid(&self) -> Vec<f64> {
-        widen(&self.values)
-    }
-
     fn scale(&self, point: f64) -> f64 {
         let floor = 0.1 * self.level.abs() + 1e-9;
         match self.preset.residual_scale {
@@ -472,7 +454,9 @@ impl Engine {
         let Some(i) = idx.checked_sub(self.start) else {
             return;
         };
-        let y = f64::from(self.values[i]);
+        let Some(y) = self.grid.get(i) else {
+            return;
+        };
         let scored = self.is_scored(idx);
         let lead = self.lead;
         let under = self.preset.under_weight;
@@ -552,7 +536,7 @@ impl Engine {
         // After a restore, the models are fitted again on exactly the data the lost ones
         // were fitted on, when it is all still held: the engine goes on as if it never
         // stopped. Else (history trimmed since, or much new data) a normal fit.
-        let end = self.start + self.values.len();
+        let end = self.start + self.grid.len();
         let exact = match (self.unfitted, self.last_fit_start, self.last_fit_end) {
             (true, Some(a), Some(f)) if self.start <= a && a < f && f <= end => Some((a, f)),
             _ => None,
@@ -564,11 +548,11 @@ impl Engine {
         let (first, n) = match exact {
             Some((a, f)) => (a - self.start, f - self.start),
             None => {
-                let n = self.values.len();
+                let n = self.grid.len();
                 (n - n.min(self.history_len), n)
             }
         };
-        let mut cleaned = widen(&self.values[first..n]);
+        let mut cleaned = self.grid.to_vec(first, n);
         self.periods = detect_periods(&cleaned, self.step, self.preset.max_periods);
         if self.preset.outlier_clip_sd > 0.0 {
             clip_outliers(&mut cleaned, self.preset.outlier_clip_sd, 3);
@@ -652,7 +636,7 @@ impl Engine {
     /// [`ForecastError::NotEnoughData`] while warming up (too little history, or too few
     /// residuals to calibrate the upper quantile); other errors when every model failed.
     pub fn forecast(&mut self, horizon: usize) -> Result<Forecast, ForecastError> {
-        let n = self.values.len();
+        let n = self.grid.len();
         let need = (4 * self.lead).max(16);
         if n < need {
             return Err(ForecastError::NotEnoughData { need, have: n });
@@ -667,7 +651,7 @@ impl Engine {
             .pending
             .back()
             .is_none_or(|p| p.origin_end != end);
-        let grid = self.grid();
+        let grid = self.grid.to_vec(0, n);
         let window = Window {
             start: self.start,
             values: &grid,
@@ -790,7 +774,7 @@ pub struct EngineState {
     t0: Option<Timestamp>,
     last_ts: Timestamp,
     start: usize,
-    values: Vec<f32>,
+    grid: Grid,
     unscored: VecDeque<(usize, usize)>,
     level: f64,
     periods: Vec<usize>,
@@ -864,7 +848,7 @@ impl Engine {
             t0: self.t0,
             last_ts: self.last_ts,
             start: self.start,
-            values: self.values.clone(),
+            grid: self.grid.clone(),
             unscored: self.unscored.clone(),
             level: self.level,
             periods: self.periods.clone(),
@@ -923,16 +907,16 @@ impl Engine {
         let bad = || StateMismatch("inconsistent saved state");
         let lead = self.lead;
         let cap = self.cands[0].resid[0].cap;
-        let end = s.start.checked_add(s.values.len()).ok_or_else(bad)?;
+        let end = s.start.checked_add(s.grid.len()).ok_or_else(bad)?;
         // The grid's times: the first sample at t0, the last one at the end of the grid.
         let grid_ok = match s.t0 {
-            None => s.values.is_empty() && s.start == 0,
+            None => s.grid.is_empty() && s.start == 0,
             Some(t0) => {
                 let last = (end as i64 - 1)
                     .checked_mul(self.step as i64)
                     .and_then(|d| t0.checked_add(d))
                     .ok_or_else(bad)?;
-                !s.values.is_empty() && (s.last_ts - last).abs() <= self.step as i64 / 2
+                !s.grid.is_empty() && (s.last_ts - last).abs() <= self.step as i64 / 2
             }
         };
         let before_end = |k: usize| k <= end;
@@ -944,8 +928,8 @@ impl Engine {
                 })
         };
         let consistent = grid_ok
-            && s.values.len() <= self.keep + DROP_BATCH
-            && s.values.iter().all(|v| v.is_finite() && *v >= 0.0)
+            && s.grid.len() <= self.keep + BLOCK
+            && s.grid.is_valid()
             && s.cands.iter().all(cand_ok)
             && s.selected < s.cands.len()
             && s.levels.len() == lead
@@ -971,9 +955,7 @@ impl Engine {
         self.t0 = s.t0;
         self.last_ts = s.last_ts;
         self.start = s.start;
-        self.values.clear();
-        self.values.reserve_exact(self.keep + DROP_BATCH + 1);
-        self.values.extend_from_slice(&s.values);
+        self.grid = s.grid.with_room(self.keep + BLOCK);
         self.unscored = s.unscored;
         self.level = s.level;
         self.periods = s.periods;
@@ -1046,10 +1028,20 @@ mod tests {
         // The same answers with the sorted copy, kept up to date as the window slides.
         let unsorted: Vec<_> = [0.1, 0.5, 0.9].map(|q| r.quantile(q)).into();
         r.keep_sorted(true);
-        assert_eq!(r.sorted.as_deref(), Some(&[1.0, 2.0, 3.0, 4.0, 10.0][..]));
+        assert_eq!(
+            r.sorted
+                .as_ref()
+                .map(|v| v.iter().map(|h| h.to_f64()).collect::<Vec<_>>()),
+            Some([1.0, 2.0, 3.0, 4.0, 10.0].to_vec())
+        );
         assert_eq!(unsorted, [0.1, 0.5, 0.9].map(|q| r.quantile(q)));
         r.push(0.5); // drops 1
-        assert_eq!(r.sorted.as_deref(), Some(&[0.5, 2.0, 3.0, 4.0, 10.0][..]));
+        assert_eq!(
+            r.sorted
+                .as_ref()
+                .map(|v| v.iter().map(|h| h.to_f64()).collect::<Vec<_>>()),
+            Some([0.5, 2.0, 3.0, 4.0, 10.0].to_vec())
+        );
         r.keep_sorted(false);
         assert!(r.sorted.is_none());
         assert_eq!(r.quantile(0.5), Some(3.0));
@@ -1132,7 +1124,7 @@ mod tests {
         let tampered: [fn(&mut EngineState); 6] = [
             |s| s.published.push_back((0, Vec::new(), 0.0, 0.0)),
             |s| s.t0 = Some(1_000_000),
-            |s| s.values.clear(),
+            |s| s.grid = Grid::default(),
             |s| {
                 s.cands[1].pending.push_back(Pending {
                     origin_end: usize::MAX,
@@ -1142,7 +1134,7 @@ mod tests {
                 })
             },
             |s| s.last_fit_end = Some(usize::MAX),
-            |s| s.values[0] = f32::NAN,
+            |s| s.grid.set_last(f64::NAN),
         ];
         for (k, tamper) in tampered.iter().enumerate() {
             let mut bad = a.state();
@@ -1171,7 +1163,7 @@ mod tests {
         let mut e = Engine::new(preset(), 60, 3);
         e.observe(0, 0.0).unwrap();
         e.observe(240, 4.0).unwrap();
-        assert_eq!(e.values, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(e.grid.to_vec(0, 5), vec![0.0, 1.0, 2.0, 3.0, 4.0]);
         assert!((0..5).all(|i| e.is_scored(i)));
         let mut e = Engine::new(preset(), 60, 3);
         e.observe(0, 0.0).unwrap();

@@ -18,10 +18,12 @@
 
 mod damped;
 mod engine;
+mod grid;
 mod history;
 mod linear;
 mod mstl;
 mod naive;
+mod path;
 mod preset;
 mod season;
 
@@ -188,13 +190,15 @@ pub struct FitSettings {
     pub max_trend_points: usize,
 }
 
-/// Exponentially weighted mean of the residuals of `context` against `base` from `from` on:
-/// how far the series has drifted from a model's path since the model was fitted.
-fn drift(context: Window<'_>, from: usize, alpha: f64, base: impl Fn(usize) -> f64) -> f64 {
+/// Exponentially weighted mean of the residuals of `context` against a model's path from
+/// `from` on: how far the series has drifted from the path since the model was fitted.
+/// `base` yields the path's values at `from`, `from + 1`, … (the values before the window's
+/// start are skipped).
+fn drift(context: Window<'_>, from: usize, alpha: f64, base: impl Iterator<Item = f64>) -> f64 {
     let mut c = 0.0;
-    for k in from.max(context.start)..context.end() {
+    for (k, b) in (from..context.end()).zip(base) {
         if let Some(y) = context.get(k) {
-            c += alpha * ((y - base(k)) - c);
+            c += alpha * ((y - b) - c);
         }
     }
     c

@@ -4,6 +4,7 @@ use augurs::ets::AutoETS;
 use augurs::mstl::MSTLModel;
 use augurs::prelude::*;
 
+use super::path::Path;
 use super::{FittedModel, ForecastError, Forecaster, Window, drift};
 
 const NAME: &str = "mstl_ets";
@@ -23,7 +24,7 @@ struct FittedMstl {
     /// (period, last cycle of the component) — index `(k - train_end) % period`. f32, like
     /// the trend: every workload holds them.
     seasons: Vec<(usize, Vec<f32>)>,
-    trend: Vec<f32>,
+    trend: Path,
 }
 
 impl FittedMstl {
@@ -36,12 +37,7 @@ impl FittedMstl {
 
     fn base(&self, k: usize) -> f64 {
         let j = k.saturating_sub(self.train_end);
-        let trend = self
-            .trend
-            .get(j)
-            .or(self.trend.last())
-            .map_or(0.0, |&v| f64::from(v));
-        trend + self.season(j)
+        self.trend.get(j) + self.season(j)
     }
 }
 
@@ -81,15 +77,16 @@ impl Forecaster for MstlEts {
         let mut fitted = FittedMstl {
             train_end: history.end(),
             seasons,
-            trend: Vec::new(),
+            trend: Path::Values(Vec::new()),
         };
-        fitted.trend = whole
+        let trend: Vec<f64> = whole
             .point
             .iter()
             .enumerate()
-            .map(|(j, &w)| (w - fitted.season(j)) as f32)
+            .map(|(j, &w)| w - fitted.season(j))
             .collect();
-        if fitted.trend.iter().any(|v| !v.is_finite()) {
+        fitted.trend = Path::new(&trend);
+        if trend.iter().any(|v| !v.is_finite()) {
             return Err(ForecastError::Model {
                 model: NAME,
                 message: "non-finite trend forecast".into(),
@@ -102,7 +99,12 @@ impl Forecaster for MstlEts {
 impl FittedModel for FittedMstl {
     fn predict(&self, context: Window<'_>, horizon: usize) -> Result<Vec<f64>, ForecastError> {
         let end = context.end();
-        let c = drift(context, self.train_end, ANCHOR_ALPHA, |k| self.base(k));
+        let from = self.train_end.max(context.start);
+        let j0 = from - self.train_end;
+        let path = (j0..)
+            .zip(self.trend.values_from(j0))
+            .map(|(j, t)| t + self.season(j));
+        let c = drift(context, from, ANCHOR_ALPHA, path);
         Ok((0..horizon).map(|j| self.base(end + j) + c).collect())
     }
 }
