@@ -103,7 +103,8 @@ pub struct WorkloadView {
     /// Model in use.
     pub model: Option<String>,
     /// The latest forecast (points after the latest sample).
-    pub forecast: Option<ForecastView>,
+    // Shared by the loop's view and the API's copy: it is most of a view's size.
+    pub forecast: Option<Arc<ForecastView>>,
     /// How recommendations reach the cluster.
     #[serde(default)]
     pub actuator: ActuatorKind,
@@ -123,9 +124,10 @@ pub struct ForecastView {
     /// Seconds between points.
     pub step: u64,
     /// Point forecast per step.
-    pub point: Vec<f64>,
+    // Single precision: six hours of steps are held per workload for the API and the page.
+    pub point: Vec<f32>,
     /// Upper quantile per step.
-    pub upper: Vec<f64>,
+    pub upper: Vec<f32>,
     /// Quantile level of `upper`.
     pub quantile: f64,
 }
@@ -135,8 +137,8 @@ impl From<&Forecast> for ForecastView {
         Self {
             origin: f.origin,
             step: f.step,
-            point: f.point.clone(),
-            upper: f.upper.clone(),
+            point: f.point.iter().map(|&v| v as f32).collect(),
+            upper: f.upper.iter().map(|&v| v as f32).collect(),
             quantile: f.quantile,
         }
     }
@@ -1318,7 +1320,7 @@ impl Runtime {
         let status = self.engine.status();
         self.view.model = Some(status.model.to_string());
         if let Some(f) = &forecast {
-            self.view.forecast = Some(ForecastView::from(f));
+            self.view.forecast = Some(Arc::new(ForecastView::from(f)));
         }
 
         // Metrics.

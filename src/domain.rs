@@ -128,11 +128,14 @@ pub struct Decision {
 
 /// Sums over a sliding window of the latest `window` pushes, kept in a bounded number of
 /// buckets so memory does not grow with the window (the window is exact to one bucket).
-/// Buckets hold f32 (every workload keeps a score of these windows); the totals are f64 and
-/// are summed again from the buckets whenever one leaves, so rounding never accumulates.
+/// Buckets hold f32 sums and no count (every bucket but the newest is full): every workload
+/// keeps a score of these windows. The totals are f64 and are summed again from the buckets
+/// whenever one leaves, so rounding never accumulates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlidingSums<const N: usize> {
-    buckets: std::collections::VecDeque<([f32; N], u32)>,
+    buckets: std::collections::VecDeque<[f32; N]>,
+    /// Pushes in the newest bucket.
+    open: u32,
     per_bucket: u32,
     max_buckets: usize,
     totals: [f64; N],
@@ -151,6 +154,7 @@ impl<const N: usize> SlidingSums<N> {
             // Exactly what the window needs: growing by doubling would reserve twice that,
             // for every window of every workload.
             buckets: std::collections::VecDeque::with_capacity(max_buckets + 1),
+            open: 0,
             per_bucket: u32::try_from(per_bucket).unwrap_or(u32::MAX),
             max_buckets,
             totals: [0.0; N],
@@ -161,20 +165,22 @@ impl<const N: usize> SlidingSums<N> {
     /// Adds one observation of `N` values.
     pub fn push(&mut self, v: [f64; N]) {
         match self.buckets.back_mut() {
-            Some((sums, n)) if *n < self.per_bucket => {
+            Some(sums) if self.open < self.per_bucket => {
                 sums.iter_mut().zip(v).for_each(|(s, x)| *s += x as f32);
-                *n += 1;
+                self.open += 1;
             }
-            _ => self.buckets.push_back((v.map(|x| x as f32), 1)),
+            _ => {
+                self.buckets.push_back(v.map(|x| x as f32));
+                self.open = 1;
+            }
         }
         self.totals.iter_mut().zip(v).for_each(|(t, x)| *t += x);
         self.count += 1;
-        if self.buckets.len() > self.max_buckets
-            && let Some((_, n)) = self.buckets.pop_front()
-        {
-            self.count -= n as usize;
+        if self.buckets.len() > self.max_buckets && self.buckets.pop_front().is_some() {
+            // The oldest bucket is a full one: the newest was just pushed to.
+            self.count -= self.per_bucket as usize;
             self.totals = [0.0; N];
-            for (sums, _) in &self.buckets {
+            for sums in &self.buckets {
                 self.totals
                     .iter_mut()
                     .zip(sums)
@@ -195,11 +201,20 @@ impl<const N: usize> SlidingSums<N> {
 
     /// Everything, as plain data (for snapshots).
     pub fn to_saved(&self) -> SavedSums {
+        let last = self.buckets.len().saturating_sub(1);
         SavedSums {
             buckets: self
                 .buckets
                 .iter()
-                .map(|(v, n)| (v.iter().map(|&x| f64::from(x)).collect(), *n))
+                .enumerate()
+                .map(|(i, v)| {
+                    let n = if i == last {
+                        self.open
+                    } else {
+                        self.per_bucket
+                    };
+                    (v.iter().map(|&x| f64::from(x)).collect(), n)
+                })
                 .collect(),
             per_bucket: self.per_bucket,
             max_buckets: self.max_buckets,
@@ -219,22 +234,28 @@ impl<const N: usize> SlidingSums<N> {
         }
         let mut buckets = std::collections::VecDeque::with_capacity(like.max_buckets + 1);
         let mut count = 0_usize;
-        for (v, n) in s.buckets {
-            if n == 0 || n > like.per_bucket {
+        let last = s.buckets.len().saturating_sub(1);
+        let mut open = 0;
+        for (i, (v, n)) in s.buckets.into_iter().enumerate() {
+            // Every bucket but the newest is full.
+            let full = n == like.per_bucket;
+            if n == 0 || n > like.per_bucket || (i < last && !full) {
                 return None;
             }
             count += n as usize;
+            open = n;
             let v = <[f64; N]>::try_from(v).ok()?;
             if v.iter().any(|x| !x.is_finite()) {
                 return None;
             }
-            buckets.push_back((v.map(|x| x as f32), n));
+            buckets.push_back(v.map(|x| x as f32));
         }
         if count != s.count {
             return None;
         }
         Some(Self {
             buckets,
+            open,
             per_bucket: like.per_bucket,
             max_buckets: like.max_buckets,
             totals: <[f64; N]>::try_from(s.totals).ok()?,

@@ -87,6 +87,10 @@ pub struct LoopBench {
     pub rss_after_bytes: u64,
     /// (after - before) / workloads.
     pub rss_per_workload_bytes: u64,
+    /// Live heap (bytes allocated and not freed) per workload at the same two moments, when
+    /// the caller counts allocations (`cargo bench --bench heap`); resident memory adds the
+    /// allocator's free space to this.
+    pub heap_per_workload_bytes: Option<u64>,
     /// Writing both snapshots (views and model state), as at shutdown.
     pub save_seconds: f64,
     /// Size of the model state file.
@@ -111,7 +115,8 @@ fn rss_bytes() -> u64 {
 }
 
 /// Builds a service with `n` synthetic workloads of `history` at `step` and runs one
-/// warm-up loop then `loops` steady loops.
+/// warm-up loop then `loops` steady loops. `heap`, when given, reads the live heap in bytes
+/// (an instrumented allocator's count).
 ///
 /// # Errors
 /// A configuration the service refuses.
@@ -121,6 +126,7 @@ pub async fn run(
     step: u64,
     loops: usize,
     concurrency: usize,
+    heap: Option<fn() -> u64>,
 ) -> anyhow::Result<LoopBench> {
     let mut yaml = format!(
         "prometheus:\n  url: http://127.0.0.1:9\n  timeout: 1s\nloop:\n  interval: {step}s\n  history: {}s\n  concurrency: {concurrency}\ndata_dir: {}\nworkloads:\n",
@@ -152,6 +158,7 @@ pub async fn run(
     };
     let mut now = 1_790_000_000_i64 / step as i64 * step as i64;
     let rss_before = rss_bytes();
+    let heap_before = heap.map(|f| f());
     let service = build(cfg.clone(), now)?;
     let clock = Instant::now();
     service.run_once(now).await;
@@ -164,6 +171,9 @@ pub async fn run(
         loop_seconds.push(clock.elapsed().as_secs_f64());
     }
     let rss_after = rss_bytes();
+    let heap_per_workload_bytes = heap
+        .zip(heap_before)
+        .map(|(f, b)| f().saturating_sub(b) / n.max(1) as u64);
     let clock = Instant::now();
     service.save().await;
     let save_seconds = clock.elapsed().as_secs_f64();
@@ -188,6 +198,7 @@ pub async fn run(
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         rss_per_workload_bytes: rss_after.saturating_sub(rss_before) / n.max(1) as u64,
+        heap_per_workload_bytes,
         save_seconds,
         models_file_bytes,
         restore_seconds,

@@ -548,6 +548,7 @@ fn bench_loop(
         step,
         loops,
         concurrency,
+        None,
     ))?;
     writeln!(
         std::io::stdout().lock(),

@@ -61,10 +61,10 @@ fn service(data: &std::path::Path, now: i64) -> (Service, Arc<Recording>) {
     (svc, source)
 }
 
-fn forecast(svc: &Service) -> (Vec<f64>, Vec<f64>, Option<String>) {
+fn forecast(svc: &Service) -> (Vec<f32>, Vec<f32>, Option<String>) {
     let v = svc.shared().views.read().unwrap()["shop/web"].clone();
     let f = v.forecast.unwrap();
-    (f.point, f.upper, v.model)
+    (f.point.clone(), f.upper.clone(), v.model)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,7 +105,8 @@ fn workload_card(out: &mut String, w: &WorkloadView, recent: Option<(i64, Vec<f6
         .forecast
         .as_ref()
         .map_or((Vec::new(), Vec::new(), 0.9), |f| {
-            (f.point.clone(), f.upper.clone(), f.quantile)
+            let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+            (wide(&f.point), wide(&f.upper), f.quantile)
         });
     out.push_str(&chart(&actual, &point, &upper, q));
     out.push_str("</article>");

@@ -18,21 +18,50 @@ pub(super) struct MstlEts {
     pub(super) path_len: usize,
 }
 
+/// The last cycle of a seasonal component, index `(k - train_end) % period`, as 16-bit
+/// codes over its largest magnitude (every workload holds a day of these; a code is within
+/// 1/65,534 of the component's amplitude).
+struct Cycle {
+    scale: f64,
+    codes: Vec<i16>,
+}
+
+impl Cycle {
+    fn new(values: &[f32]) -> Self {
+        let top = values
+            .iter()
+            .fold(0.0_f64, |m, &v| m.max(f64::from(v).abs()));
+        let scale = if top > 0.0 {
+            top / f64::from(i16::MAX)
+        } else {
+            1.0
+        };
+        Self {
+            scale,
+            codes: values
+                .iter()
+                .map(|&v| (f64::from(v) / scale).round().clamp(-32767.0, 32767.0) as i16)
+                .collect(),
+        }
+    }
+
+    fn get(&self, j: usize) -> f64 {
+        self.codes
+            .get(j % self.codes.len().max(1))
+            .map_or(0.0, |&c| f64::from(c) * self.scale)
+    }
+}
+
 /// The fitted decomposition: one cycle of each seasonal component and the trend forecast.
 struct FittedMstl {
     train_end: usize,
-    /// (period, last cycle of the component) — index `(k - train_end) % period`. f32, like
-    /// the trend: every workload holds them.
-    seasons: Vec<(usize, Vec<f32>)>,
+    seasons: Vec<Cycle>,
     trend: Path,
 }
 
 impl FittedMstl {
     fn season(&self, j: usize) -> f64 {
-        self.seasons
-            .iter()
-            .map(|(p, cycle)| f64::from(cycle[j % p]))
-            .sum()
+        self.seasons.iter().map(|c| c.get(j)).sum()
     }
 
     fn base(&self, k: usize) -> f64 {
@@ -65,7 +94,7 @@ impl Forecaster for MstlEts {
             .periods
             .iter()
             .zip(fit.fit().seasonal())
-            .map(|(&p, comp)| (p, comp[comp.len() - p..].to_vec()))
+            .map(|(&p, comp)| Cycle::new(&comp[comp.len().saturating_sub(p)..]))
             .collect();
         // The trend path comes from the same fitted model, minus its seasonal part.
         let whole = fit
@@ -112,6 +141,23 @@ impl FittedModel for FittedMstl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seasonal_cycle_reads_back_within_its_amplitude_over_65534() {
+        let v: Vec<f32> = (0..1440)
+            .map(|i| 250.0 * (i as f32 / 229.0).sin() - 3.0)
+            .collect();
+        let c = Cycle::new(&v);
+        let amp = 253.0;
+        for (j, &x) in v.iter().enumerate() {
+            assert!(
+                (c.get(j) - f64::from(x)).abs() <= amp / 65534.0 + 1e-9,
+                "{j}"
+            );
+            assert_eq!(c.get(j + 1440), c.get(j), "the cycle repeats");
+        }
+        assert!(Cycle::new(&[0.0; 4]).get(2) == 0.0);
+    }
 
     #[test]
     fn mstl_forecasts_a_clean_seasonal_series_closely() {

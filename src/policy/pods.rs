@@ -3,41 +3,70 @@
 
 use crate::domain::Timestamp;
 
-/// Pods of one workload, each with the time it becomes (or became) ready.
+/// Pods of one workload, in groups that become (or became) ready at the same time, oldest
+/// first: a few groups, however many pods (a workload of hundreds of replicas is replayed
+/// beside every headroom rung, so one entry per pod would add up).
+///
+/// Queries come at or after the last decision's effective time (as the replay contract
+/// steps): pods ready by then are ready for every later query and share one group.
 #[derive(Debug, Clone)]
 pub struct Pods {
-    ready_at: Vec<Timestamp>,
+    /// (ready time, pods), ready times strictly increasing.
+    groups: Vec<(Timestamp, u32)>,
 }
 
 impl Pods {
     /// `n` pods that are ready from the start.
     pub fn ready(n: u32) -> Self {
-        Self {
-            ready_at: vec![Timestamp::MIN; n as usize],
+        let mut groups = Vec::with_capacity(4);
+        if n > 0 {
+            groups.push((Timestamp::MIN, n));
         }
+        Self { groups }
     }
 
     /// All pods, starting ones included.
     pub fn total(&self) -> u32 {
-        u32::try_from(self.ready_at.len()).unwrap_or(u32::MAX)
+        self.groups.iter().fold(0_u32, |s, g| s.saturating_add(g.1))
     }
 
     /// Pods ready at `t`.
     pub fn ready_at(&self, t: Timestamp) -> u32 {
-        u32::try_from(self.ready_at.iter().filter(|&&r| r <= t).count()).unwrap_or(u32::MAX)
+        self.groups
+            .iter()
+            .filter(|g| g.0 <= t)
+            .fold(0_u32, |s, g| s.saturating_add(g.1))
     }
 
     /// Applies a decision effective at `effective`: a scale-down removes pods at once, those
     /// still starting first; a scale-up adds pods ready `startup` seconds after `effective`.
     pub fn apply(&mut self, desired: u32, effective: Timestamp, startup: u64) {
-        let desired = desired as usize;
-        if desired < self.ready_at.len() {
+        let ready = self.ready_at(effective);
+        if ready > 0 {
+            self.groups.retain(|g| g.0 > effective);
+            self.groups.insert(0, (Timestamp::MIN, ready));
+        }
+        let total = self.total();
+        if desired < total {
             // Latest ready time first out: starting pods go before ready ones.
-            self.ready_at.sort_unstable();
-            self.ready_at.truncate(desired);
-        } else {
+            let mut excess = total - desired;
+            while excess > 0 {
+                let Some(last) = self.groups.last_mut() else {
+                    break;
+                };
+                let take = last.1.min(excess);
+                last.1 -= take;
+                excess -= take;
+                if last.1 == 0 {
+                    self.groups.pop();
+                }
+            }
+        } else if desired > total {
             let at = effective + startup as i64;
-            self.ready_at.resize(desired, at);
+            match self.groups.last_mut() {
+                Some(last) if last.0 == at => last.1 += desired - total,
+                _ => self.groups.push((at, desired - total)),
+            }
         }
     }
 }
@@ -72,6 +101,36 @@ mod tests {
         assert_eq!(p.ready_at(480), 3);
         p.apply(1, 400, 180);
         assert_eq!(p.ready_at(400), 1);
+    }
+
+    #[test]
+    fn groups_stay_few_over_a_long_run_and_match_one_entry_per_pod() {
+        // The same decisions against a plain list of ready times.
+        let mut p = Pods::ready(3);
+        let mut each: Vec<Timestamp> = vec![Timestamp::MIN; 3];
+        let mut seed = 7_u64;
+        for step in 0..5_000_i64 {
+            let now = step * 60;
+            assert_eq!(p.total() as usize, each.len(), "step {step}");
+            assert_eq!(
+                p.ready_at(now) as usize,
+                each.iter().filter(|&&r| r <= now).count(),
+                "step {step}"
+            );
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let desired = (seed >> 33) as u32 % 300;
+            let effective = now + 60;
+            p.apply(desired, effective, 180);
+            if (desired as usize) < each.len() {
+                each.sort_unstable();
+                each.truncate(desired as usize);
+            } else {
+                each.resize(desired as usize, effective + 180);
+            }
+            assert!(p.groups.len() <= 5, "{} groups", p.groups.len());
+        }
     }
 
     #[test]
