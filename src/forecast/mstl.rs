@@ -90,37 +90,43 @@ impl Forecaster for MstlEts {
                 model: NAME,
                 message: e.to_string(),
             })?;
-        let seasons = self
+        let cycles: Vec<&[f32]> = self
             .periods
             .iter()
             .zip(fit.fit().seasonal())
-            .map(|(&p, comp)| Cycle::new(&comp[comp.len().saturating_sub(p)..]))
+            .map(|(&p, comp)| &comp[comp.len().saturating_sub(p)..])
             .collect();
-        // The trend path comes from the same fitted model, minus its seasonal part.
+        // The trend path comes from the same fitted model, minus its exact seasonal part (a
+        // trend that is an ETS forecast then keeps its three-number form).
         let whole = fit
             .predict(self.path_len.max(1), None)
             .map_err(|e| ForecastError::Model {
                 model: NAME,
                 message: e.to_string(),
             })?;
-        let mut fitted = FittedMstl {
-            train_end: history.end(),
-            seasons,
-            trend: Path::Values(Vec::new()),
-        };
         let trend: Vec<f64> = whole
             .point
             .iter()
             .enumerate()
-            .map(|(j, &w)| w - fitted.season(j))
+            .map(|(j, &w)| {
+                let season: f64 = cycles
+                    .iter()
+                    .map(|c| c.get(j % c.len().max(1)).map_or(0.0, |&v| f64::from(v)))
+                    .sum();
+                w - season
+            })
             .collect();
-        fitted.trend = Path::new(&trend);
         if trend.iter().any(|v| !v.is_finite()) {
             return Err(ForecastError::Model {
                 model: NAME,
                 message: "non-finite trend forecast".into(),
             });
         }
+        let fitted = FittedMstl {
+            train_end: history.end(),
+            seasons: cycles.iter().map(|c| Cycle::new(c)).collect(),
+            trend: Path::new(&trend),
+        };
         Ok(Box::new(fitted))
     }
 }
