@@ -139,7 +139,6 @@ pub struct SlidingSums<const N: usize> {
     per_bucket: u32,
     max_buckets: usize,
     totals: [f64; N],
-    count: usize,
 }
 
 impl<const N: usize> SlidingSums<N> {
@@ -158,7 +157,6 @@ impl<const N: usize> SlidingSums<N> {
             per_bucket: u32::try_from(per_bucket).unwrap_or(u32::MAX),
             max_buckets,
             totals: [0.0; N],
-            count: 0,
         }
     }
 
@@ -175,10 +173,7 @@ impl<const N: usize> SlidingSums<N> {
             }
         }
         self.totals.iter_mut().zip(v).for_each(|(t, x)| *t += x);
-        self.count += 1;
         if self.buckets.len() > self.max_buckets && self.buckets.pop_front().is_some() {
-            // The oldest bucket is a full one: the newest was just pushed to.
-            self.count -= self.per_bucket as usize;
             self.totals = [0.0; N];
             for sums in &self.buckets {
                 self.totals
@@ -196,7 +191,13 @@ impl<const N: usize> SlidingSums<N> {
 
     /// Observations in the window.
     pub fn count(&self) -> usize {
-        self.count
+        // Every bucket but the newest is full.
+        self.buckets.len().saturating_sub(1) * self.per_bucket as usize
+            + if self.buckets.is_empty() {
+                0
+            } else {
+                self.open as usize
+            }
     }
 
     /// Everything, as plain data (for snapshots).
@@ -219,7 +220,7 @@ impl<const N: usize> SlidingSums<N> {
             per_bucket: self.per_bucket,
             max_buckets: self.max_buckets,
             totals: self.totals.to_vec(),
-            count: self.count,
+            count: self.count(),
         }
     }
 
@@ -259,7 +260,6 @@ impl<const N: usize> SlidingSums<N> {
             per_bucket: like.per_bucket,
             max_buckets: like.max_buckets,
             totals: <[f64; N]>::try_from(s.totals).ok()?,
-            count,
         })
     }
 }
@@ -302,5 +302,37 @@ mod tests {
             SlidingSums::from_saved(s.to_saved(), &other).is_none(),
             "another window"
         );
+    }
+
+    #[test]
+    fn sliding_sums_do_not_accumulate_rounding() {
+        // 0.1 is not an f32: buckets round it. Once those pushes have left the window, the
+        // totals are exactly what the buckets hold now (zero), not a remainder of the
+        // rounding of every bucket that left.
+        let mut s = SlidingSums::<1>::new(640);
+        for _ in 0..100_000 {
+            s.push([0.1]);
+        }
+        for _ in 0..700 {
+            s.push([0.0]);
+        }
+        assert_eq!(s.totals(), [0.0]);
+        assert_eq!(s.count(), 640);
+    }
+
+    #[test]
+    fn saved_sums_with_a_part_filled_older_bucket_are_refused() {
+        let mut s = SlidingSums::<1>::new(640);
+        for _ in 0..35 {
+            s.push([1.0]);
+        }
+        let like = SlidingSums::<1>::new(640);
+        let mut saved = s.to_saved();
+        assert_eq!(SlidingSums::from_saved(saved.clone(), &like), Some(s));
+        // Only the newest bucket may be part-filled: an older one that is not does not fit
+        // how the window counts.
+        saved.buckets[0].1 -= 1;
+        saved.count -= 1;
+        assert!(SlidingSums::from_saved(saved, &like).is_none());
     }
 }

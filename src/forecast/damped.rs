@@ -61,9 +61,9 @@ impl Forecaster for DampedTrend {
 impl FittedModel for FittedDamped {
     fn predict(&self, context: Window<'_>, horizon: usize) -> Result<Vec<f64>, ForecastError> {
         let end = context.end();
-        let from = self.train_end.max(context.start);
-        let path = self.path.values_from(from - self.train_end);
-        let c = drift(context, from, ANCHOR_ALPHA, path);
+        let c = drift(context, self.train_end, ANCHOR_ALPHA, |j| {
+            self.path.values_from(j)
+        });
         Ok((0..horizon).map(|j| self.base(end + j) + c).collect())
     }
 }

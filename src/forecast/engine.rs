@@ -385,7 +385,7 @@ impl Engine {
             self.t0 = Some(ts);
             self.last_ts = ts;
             // The most the grid ever holds, once: no doubling past it.
-            self.grid = Grid::with_capacity(self.keep + BLOCK);
+            self.grid = Grid::default().with_room(self.keep);
             self.grid.push(value);
             self.level = value;
             return Ok(());
@@ -955,7 +955,7 @@ impl Engine {
         self.t0 = s.t0;
         self.last_ts = s.last_ts;
         self.start = s.start;
-        self.grid = s.grid.with_room(self.keep + BLOCK);
+        self.grid = s.grid.with_room(self.keep);
         self.unscored = s.unscored;
         self.level = s.level;
         self.periods = s.periods;

@@ -14,6 +14,17 @@ pub(super) const BLOCK: usize = 64;
 
 const LEVELS: f32 = u16::MAX as f32;
 
+/// Blocks a grid trimmed to `keep` values ever holds (`trim` lets it reach `keep + BLOCK`,
+/// and the value that triggers a trim is pushed first).
+fn blocks_for(keep: usize) -> usize {
+    (keep + BLOCK).div_ceil(BLOCK) + 1
+}
+
+/// A sealed value, from its block's (minimum, step) widened and its code.
+fn decode((min, step): (f64, f64), code: u16) -> f64 {
+    min + f64::from(code) * step
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Grid {
     /// (minimum, step) of every sealed block, oldest first.
@@ -25,20 +36,10 @@ pub(super) struct Grid {
 }
 
 impl Grid {
-    /// An empty grid that will hold about `len` values without growing.
-    pub(super) fn with_capacity(len: usize) -> Self {
-        let blocks = len.div_ceil(BLOCK) + 1;
-        Self {
-            heads: Vec::with_capacity(blocks),
-            codes: Vec::with_capacity(blocks * BLOCK),
-            tail: Vec::with_capacity(BLOCK),
-        }
-    }
-
-    /// The same grid with room for about `len` values (one read from a snapshot holds only
-    /// what it has).
-    pub(super) fn with_room(mut self, len: usize) -> Self {
-        let blocks = len.div_ceil(BLOCK) + 1;
+    /// The same grid with room for all it holds when trimmed to `keep` values, so it never
+    /// grows by doubling (one read from a snapshot holds only what it has).
+    pub(super) fn with_room(mut self, keep: usize) -> Self {
+        let blocks = blocks_for(keep);
         self.heads
             .reserve_exact(blocks.saturating_sub(self.heads.len()));
         self.codes
@@ -94,11 +95,16 @@ impl Grid {
     /// Value at position `i` (from the oldest held), if held.
     pub(super) fn get(&self, i: usize) -> Option<f64> {
         if i < self.codes.len() {
-            let (min, step) = self.heads[i / BLOCK];
-            Some(f64::from(min) + f64::from(self.codes[i]) * f64::from(step))
+            Some(decode(self.head(i / BLOCK), self.codes[i]))
         } else {
             self.tail.get(i - self.codes.len()).map(|&v| f64::from(v))
         }
+    }
+
+    /// Block `b`'s (minimum, step), widened.
+    fn head(&self, b: usize) -> (f64, f64) {
+        let (min, step) = self.heads[b];
+        (f64::from(min), f64::from(step))
     }
 
     /// Positions `from..to` as f64, for the models (a copy: compact at rest, f64 in use).
@@ -109,18 +115,13 @@ impl Grid {
         let mut i = from.min(sealed);
         while i < sealed {
             // A block (or the part of it asked for) at a time: one head per block.
-            let (min, step) = self.heads[i / BLOCK];
-            let (min, step) = (f64::from(min), f64::from(step));
+            let head = self.head(i / BLOCK);
             let end = ((i / BLOCK + 1) * BLOCK).min(sealed);
-            out.extend(
-                self.codes[i..end]
-                    .iter()
-                    .map(|&c| min + f64::from(c) * step),
-            );
+            out.extend(self.codes[i..end].iter().map(|&c| decode(head, c)));
             i = end;
         }
-        let t = from.max(self.codes.len()) - self.codes.len();
-        let u = to.max(self.codes.len()) - self.codes.len();
+        let t = from.saturating_sub(self.codes.len());
+        let u = to.saturating_sub(self.codes.len());
         out.extend(self.tail[t.min(u)..u].iter().map(|&v| f64::from(v)));
         out
     }
@@ -136,7 +137,7 @@ impl Grid {
         self.heads.drain(..blocks);
         self.codes.drain(..blocks * BLOCK);
         // A long gap filled at once grew the grid past its size: give that back.
-        let cap = (keep + BLOCK).div_ceil(BLOCK) + 1;
+        let cap = blocks_for(keep);
         self.heads.shrink_to(cap);
         self.codes.shrink_to(cap * BLOCK);
         blocks * BLOCK
@@ -162,7 +163,7 @@ mod tests {
     use super::*;
 
     fn filled(n: usize) -> (Grid, Vec<f64>) {
-        let mut g = Grid::with_capacity(n);
+        let mut g = Grid::default().with_room(n);
         let v: Vec<f64> = (0..n)
             .map(|i| 1000.0 + 300.0 * (i as f64 / 37.0).sin() + (i % 7) as f64 * 0.123)
             .collect();
@@ -194,7 +195,7 @@ mod tests {
 
     #[test]
     fn flat_blocks_are_exact_and_the_last_value_can_be_replaced() {
-        let mut g = Grid::with_capacity(200);
+        let mut g = Grid::default().with_room(200);
         (0..130).for_each(|_| g.push(42.5));
         assert!(g.to_vec(0, 130).iter().all(|&x| x == 42.5));
         g.set_last(7.0);

@@ -190,13 +190,19 @@ pub struct FitSettings {
     pub max_trend_points: usize,
 }
 
-/// Exponentially weighted mean of the residuals of `context` against a model's path from
-/// `from` on: how far the series has drifted from the path since the model was fitted.
-/// `base` yields the path's values at `from`, `from + 1`, … (the values before the window's
-/// start are skipped).
-fn drift(context: Window<'_>, from: usize, alpha: f64, base: impl Iterator<Item = f64>) -> f64 {
+/// Exponentially weighted mean of the residuals of `context` against a model's path since
+/// its training end `train_end`: how far the series has drifted from the path since the
+/// model was fitted. `path(j)` yields the path's values from `j` steps after the training end
+/// on, step by step (the steps before the window's start are skipped).
+fn drift<I: Iterator<Item = f64>>(
+    context: Window<'_>,
+    train_end: usize,
+    alpha: f64,
+    path: impl FnOnce(usize) -> I,
+) -> f64 {
+    let from = train_end.max(context.start);
     let mut c = 0.0;
-    for (k, b) in (from..context.end()).zip(base) {
+    for (k, b) in (from..context.end()).zip(path(from - train_end)) {
         if let Some(y) = context.get(k) {
             c += alpha * ((y - b) - c);
         }

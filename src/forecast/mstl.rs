@@ -134,12 +134,11 @@ impl Forecaster for MstlEts {
 impl FittedModel for FittedMstl {
     fn predict(&self, context: Window<'_>, horizon: usize) -> Result<Vec<f64>, ForecastError> {
         let end = context.end();
-        let from = self.train_end.max(context.start);
-        let j0 = from - self.train_end;
-        let path = (j0..)
-            .zip(self.trend.values_from(j0))
-            .map(|(j, t)| t + self.season(j));
-        let c = drift(context, from, ANCHOR_ALPHA, path);
+        let c = drift(context, self.train_end, ANCHOR_ALPHA, |j0| {
+            (j0..)
+                .zip(self.trend.values_from(j0))
+                .map(|(j, t)| t + self.season(j))
+        });
         Ok((0..horizon).map(|j| self.base(end + j) + c).collect())
     }
 }

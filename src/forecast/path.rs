@@ -23,12 +23,15 @@ pub(super) enum Path {
     Values(Vec<f32>),
 }
 
+fn pow(ratio: f64, j: usize) -> f64 {
+    ratio.powi(i32::try_from(j).unwrap_or(i32::MAX))
+}
+
 fn geometric(first: f64, delta: f64, ratio: f64, j: usize) -> f64 {
     if (1.0 - ratio).abs() < 1e-12 {
         first + delta * j as f64
     } else {
-        let rj = ratio.powi(i32::try_from(j).unwrap_or(i32::MAX));
-        first + delta * (1.0 - rj) / (1.0 - ratio)
+        first + delta * (1.0 - pow(ratio, j)) / (1.0 - ratio)
     }
 }
 
@@ -62,20 +65,17 @@ impl Path {
     /// The forecast from `j` steps after the training end on, step by step (what
     /// [`Path::get`] gives, without a power per step).
     pub(super) fn values_from(&self, j: usize) -> impl Iterator<Item = f64> + '_ {
-        let mut k = j;
-        let mut value = self.get(j);
-        let (delta, ratio, len) = match self {
-            Self::Geometric {
-                delta, ratio, len, ..
-            } => (*delta, *ratio, *len),
-            Self::Values(v) => (0.0, 1.0, v.len()),
+        let (mut k, mut value) = (j, self.get(j));
+        // The step from value `k` to `k + 1` of a geometric path: `delta * ratio^k`.
+        let mut term = match self {
+            Self::Geometric { delta, ratio, .. } => delta * pow(*ratio, j),
+            Self::Values(_) => 0.0,
         };
-        let mut term = delta * ratio.powi(i32::try_from(j).unwrap_or(i32::MAX));
         std::iter::from_fn(move || {
             let out = match self {
-                Self::Geometric { .. } => {
+                Self::Geometric { ratio, len, .. } => {
                     let out = value;
-                    if k + 1 < len {
+                    if k + 1 < *len {
                         value += term;
                         term *= ratio;
                     }

@@ -27,7 +27,7 @@ impl Pods {
 
     /// All pods, starting ones included.
     pub fn total(&self) -> u32 {
-        self.groups.iter().fold(0_u32, |s, g| s.saturating_add(g.1))
+        self.ready_at(Timestamp::MAX)
     }
 
     /// Pods ready at `t`.
