@@ -24,7 +24,12 @@ fn live() -> u64 {
 
 /// Engines as the service warms them: 7 days at one minute, the last two forecast at every
 /// step (the online backtest), lead 3 steps.
-fn engines(n: usize) -> anyhow::Result<u64> {
+fn blocks() -> u64 {
+    let s = GLOBAL.stats();
+    u64::try_from(s.allocations as i128 - s.deallocations as i128).unwrap_or(0)
+}
+
+fn engines(n: usize) -> anyhow::Result<(u64, u64)> {
     let mut preset = ModelPreset::load("auto")?;
     // The service keeps no more history than it backfills.
     preset.history = Duration::from_secs(7 * 86_400);
@@ -32,6 +37,7 @@ fn engines(n: usize) -> anyhow::Result<u64> {
     let steps = 7 * 1440;
     let t0 = 1_790_000_000 / step * step;
     let before = live();
+    let blocks_before = blocks();
     let mut held = Vec::with_capacity(n);
     for w in 0..n {
         let mut e = Engine::new(preset.clone(), step as u64, 3);
@@ -47,8 +53,9 @@ fn engines(n: usize) -> anyhow::Result<u64> {
         held.push(e);
     }
     let per = live().saturating_sub(before) / n.max(1) as u64;
+    let per_blocks = blocks().saturating_sub(blocks_before) / n.max(1) as u64;
     drop(held);
-    Ok(per)
+    Ok((per, per_blocks))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         .find(|a| !a.starts_with('-'))
         .map_or(Ok(200), |a| a.parse())?;
     // First, before the service's threads and caches exist.
-    let engine = engines(n.min(50))?;
+    let (engine, engine_blocks) = engines(n.min(50))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -77,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             "heap_per_workload_bytes": r.heap_per_workload_bytes,
             "rss_per_workload_bytes": r.rss_per_workload_bytes,
             "engine_heap_bytes": engine,
+            "engine_heap_blocks": engine_blocks,
             "warmup_seconds": r.warmup_seconds,
         })
     )?;

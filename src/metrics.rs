@@ -9,15 +9,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 /// Labels of per-workload series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkloadLabels {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Workload name.
-    pub workload: String,
+    pub workload: Arc<str>,
 }
 
 /// Forecast horizons exported (a bounded set): the lead window, 15 minutes, 1 and 6 hours.
@@ -27,9 +28,9 @@ pub const HORIZONS: [(&str, u64); 4] = [("lead", 0), ("15m", 900), ("1h", 3600),
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForecastLabels {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Workload name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// How far ahead: `lead`, `15m`, `1h`, `6h`.
     pub horizon: &'static str,
     /// `point` (median-like) or `upper` (calibrated upper quantile).
@@ -40,33 +41,33 @@ pub struct ForecastLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TermLabels {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Workload name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// Policy term (`Term::as_str`).
-    pub term: String,
+    pub term: &'static str,
 }
 
 /// Labels of `prescale_model_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Workload name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// Model name (`ModelKind::as_str`).
-    pub model: String,
+    pub model: &'static str,
 }
 
 /// Labels of `prescale_workload_state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Workload name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// State name.
-    pub state: String,
+    pub state: &'static str,
 }
 
 /// Labels of the error counter.
@@ -82,9 +83,9 @@ pub struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActuationLabels {
     /// Kubernetes namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Workload name.
-    pub workload: String,
+    pub workload: Arc<str>,
     /// `written`, `unchanged`, or an actuator error kind (`ActuateError::kind`).
     pub result: &'static str,
 }
@@ -290,9 +291,9 @@ impl Metrics {
     /// to 0 (so a dashboard sees every state, not only the current one).
     pub fn one_hot<L>(
         family: &Family<L, Gauge>,
-        all: &[&str],
+        all: &[&'static str],
         value: &str,
-        labels: impl Fn(&str) -> L,
+        labels: impl Fn(&'static str) -> L,
     ) where
         L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
     {

@@ -22,34 +22,63 @@ const CONFIDENCE_WINDOW: usize = 48;
 /// Coverage shortfall (below the quantile) at which a forecast stops being confident.
 const CONFIDENCE_SLACK: f64 = 0.2;
 
+/// Residuals a window not in use keeps, one in this many: it still spans the whole
+/// calibration window, at a quarter of the memory.
+const THIN: usize = 4;
+
 /// A fixed-size window of residuals, oldest first, in half precision (three significant
-/// digits: far more than a quantile of a thousand residuals can tell; 2 KB a window). The
-/// selected model's windows also keep a sorted copy (f16 too), for the many quantiles a
-/// forecast reads; the others answer the odd quantile by selection on a scratch copy, so a
-/// workload holds one sorted copy, not one per candidate.
+/// digits: far more than a quantile of a thousand residuals can tell; 2 KB a window).
+///
+/// Only the selected model's windows are *full*: every residual, and a sorted copy (f16
+/// too) for the many quantiles a forecast reads. The other candidates' windows are *thin*:
+/// one residual in [`THIN`] over the same span (neighbouring residuals are strongly
+/// correlated, so a quantile loses little), answering the odd quantile by selection on a
+/// scratch copy. When a model is selected its thin window fills up again with every new
+/// residual, the oldest thin ones leaving last.
 #[derive(Debug, Clone)]
 struct RollingQuantile {
     fifo: VecDeque<f16>,
     sorted: Option<Vec<f16>>,
+    /// Residuals held when full.
     cap: usize,
+    full: bool,
 }
 
 impl RollingQuantile {
-    fn new(cap: usize) -> Self {
-        Self {
-            // Allocated whole at the start (every window fills within days), before any
-            // fit: grown in steps, these long-lived blocks would land between fits'
-            // scratch and pin it resident.
-            fifo: VecDeque::with_capacity(cap),
-            sorted: None,
+    fn new(cap: usize, full: bool) -> Self {
+        let mut r = Self {
+            fifo: VecDeque::new(),
+            sorted: full.then(|| Vec::with_capacity(cap)),
             cap,
+            full,
+        };
+        // Allocated whole at the start (every window fills within days), before any fit:
+        // grown in steps, these long-lived blocks would land between fits' scratch and pin
+        // it resident.
+        r.fifo.reserve_exact(r.room());
+        r
+    }
+
+    /// Residuals held at most in the current mode.
+    fn room(&self) -> usize {
+        if self.full {
+            self.cap
+        } else {
+            self.cap.div_ceil(THIN)
         }
     }
 
-    fn push(&mut self, v: f64) {
+    /// Takes the residual of the forecast for grid index `at`. A thin window takes every
+    /// one until its room is filled (a young engine's model is selected with as many
+    /// residuals as it has), then the indices divisible by [`THIN`]: which ones depends on
+    /// the data alone, so a restored engine keeps the same ones as one that never stopped.
+    fn push(&mut self, v: f64, at: usize) {
+        if !self.full && self.fifo.len() >= self.room() && !at.is_multiple_of(THIN) {
+            return;
+        }
         // Clamped into f16's range: a residual past it would read back as infinite.
         let h = f16::from_f64(v.clamp(-F16_LIMIT, F16_LIMIT));
-        if self.fifo.len() == self.cap
+        if self.fifo.len() >= self.room()
             && let Some(old) = self.fifo.pop_front()
             && let Some(sorted) = &mut self.sorted
         {
@@ -65,18 +94,44 @@ impl RollingQuantile {
         }
     }
 
-    /// Keeps (or drops) the sorted copy.
-    fn keep_sorted(&mut self, on: bool) {
-        match (on, self.sorted.is_some()) {
-            (true, false) => {
-                let mut v = Vec::with_capacity(self.cap);
-                v.extend(self.fifo.iter().copied());
-                v.sort_unstable_by(f16::total_cmp);
-                self.sorted = Some(v);
-            }
-            (false, true) => self.sorted = None,
-            _ => {}
+    /// Makes the window full (every residual, with a sorted copy) or thin.
+    fn set_full(&mut self, on: bool) {
+        if on != self.full {
+            self.set_mode(on);
         }
+    }
+
+    /// Takes up saved residuals (oldest first) in the given mode. A thin window saved full,
+    /// by an older build, is thinned here.
+    fn restore(&mut self, saved: impl Iterator<Item = f16>, full: bool) {
+        self.fifo.clear();
+        self.fifo.extend(saved);
+        self.set_mode(full);
+    }
+
+    fn set_mode(&mut self, full: bool) {
+        self.full = full;
+        let room = self.room();
+        if self.fifo.len() > room {
+            // One residual in THIN, the newest kept, as many as the thin window holds.
+            let n = self.fifo.len();
+            let count = n.div_ceil(THIN).min(room);
+            let first = n - 1 - (count - 1) * THIN;
+            let mut kept = VecDeque::with_capacity(room);
+            kept.extend((first..n).step_by(THIN).map(|i| self.fifo[i]));
+            self.fifo = kept;
+        }
+        if full {
+            self.fifo.reserve_exact(room - self.fifo.len());
+        } else {
+            self.fifo.shrink_to(room);
+        }
+        self.sorted = full.then(|| {
+            let mut v = Vec::with_capacity(self.cap);
+            v.extend(self.fifo.iter().copied());
+            v.sort_unstable_by(f16::total_cmp);
+            v
+        });
     }
 
     fn len(&self) -> usize {
@@ -144,6 +199,10 @@ struct Candidate {
     /// Asymmetric losses over the selection window.
     losses: SlidingSums<1>,
     stats: CandidateStats,
+    /// Grid index until which its residual windows stay full: a calibration window after
+    /// it was last selected, since models often take turns (thinning on every switch
+    /// would calibrate the one coming back on a quarter of its residuals).
+    full_until: usize,
 }
 
 /// Where a workload's forecasting stands, for status pages and metrics.
@@ -249,13 +308,15 @@ impl Engine {
                 fitted: None,
                 pending: VecDeque::new(),
                 resid: (0..lead)
-                    .map(|_| RollingQuantile::new(cal_window))
+                    // Persistence is selected until a model has a backtest.
+                    .map(|_| RollingQuantile::new(cal_window, kind == ModelKind::Persistence))
                     .collect(),
                 losses: SlidingSums::new(sel_window),
                 stats: CandidateStats {
                     model: kind.as_str(),
                     ..CandidateStats::default()
                 },
+                full_until: 0,
             })
             .collect();
         let q = preset.quantile;
@@ -472,7 +533,7 @@ impl Engine {
                     continue;
                 }
                 let e = y - p.point[j];
-                c.resid[j].push(e / p.scale[j]);
+                c.resid[j].push(e / p.scale[j], idx);
                 let loss = if e > 0.0 { under * e } else { -e } / p.scale[j];
                 c.losses.push([loss]);
                 if j == lead - 1 && score_candidates {
@@ -590,7 +651,7 @@ impl Engine {
         }
     }
 
-    fn select(&mut self) {
+    fn select(&mut self, end: usize) {
         let need = (self.sel_window / 4).max(self.lead * 20);
         let eligible: Vec<usize> = (1..self.cands.len())
             .filter(|&c| self.cands[c].fitted.is_some() && self.cands[c].losses.count() >= need)
@@ -598,7 +659,7 @@ impl Engine {
         if eligible.is_empty() {
             self.selected = 0;
             self.demoted = false;
-            self.sort_selected();
+            self.fill_selected(end);
             return;
         }
         let loss = |c: usize| self.mean_loss(c);
@@ -617,15 +678,20 @@ impl Engine {
         // Forecast health: worse than reacting would be means demotion to persistence.
         self.demoted = loss(best) > loss(0);
         self.selected = if self.demoted { 0 } else { best };
-        self.sort_selected();
+        self.fill_selected(end);
     }
 
-    /// Only the selected model's windows keep a sorted copy.
-    fn sort_selected(&mut self) {
+    /// The selected model's windows are full, and those of the models selected within a
+    /// calibration window; the others thin.
+    fn fill_selected(&mut self, end: usize) {
         let sel = self.selected;
         for (c, cand) in self.cands.iter_mut().enumerate() {
+            if c == sel {
+                cand.full_until = end.saturating_add(cand.resid.first().map_or(0, |r| r.cap));
+            }
+            let full = end < cand.full_until;
             for r in &mut cand.resid {
-                r.keep_sorted(c == sel);
+                r.set_full(full);
             }
         }
     }
@@ -683,7 +749,7 @@ impl Engine {
                     upper_lead,
                 });
             }
-            self.select();
+            self.select(end);
         }
         let sel = self.selected;
         let have = self.cands[sel].resid[lead - 1].len();
@@ -801,6 +867,9 @@ struct CandidateState {
     pending: VecDeque<Pending>,
     /// Residual windows as f16 bits, oldest first.
     resid: Vec<Vec<u16>>,
+    /// Whether the windows are full (else thin).
+    full: bool,
+    full_until: usize,
     losses: SavedSums,
     stats: [f64; 5],
 }
@@ -866,6 +935,8 @@ impl Engine {
                         .iter()
                         .map(|r| r.fifo.iter().map(|h| h.to_bits()).collect())
                         .collect(),
+                    full: c.resid.first().is_some_and(|r| r.full),
+                    full_until: c.full_until,
                     losses: c.losses.to_saved(),
                     stats: stats_state(&c.stats),
                 })
@@ -964,10 +1035,9 @@ impl Engine {
         for ((c, saved), losses) in self.cands.iter_mut().zip(s.cands).zip(losses) {
             c.fitted = None;
             c.pending = saved.pending;
+            c.full_until = saved.full_until;
             for (r, bits) in c.resid.iter_mut().zip(saved.resid) {
-                r.fifo.clear();
-                r.fifo.extend(bits.into_iter().map(f16::from_bits));
-                r.sorted = None;
+                r.restore(bits.into_iter().map(f16::from_bits), saved.full);
             }
             c.losses = losses;
             c.stats = stats_from(c.kind.as_str(), saved.stats);
@@ -983,7 +1053,6 @@ impl Engine {
         self.refits = s.refits;
         self.fit_failures = s.fit_failures;
         self.unfitted = true;
-        self.sort_selected();
         Ok(())
     }
 
@@ -1017,17 +1086,18 @@ mod tests {
 
     #[test]
     fn rolling_quantile_tracks_a_sliding_window() {
-        let mut r = RollingQuantile::new(5);
-        for v in [5.0, 1.0, 4.0, 2.0, 3.0] {
-            r.push(v);
+        let mut r = RollingQuantile::new(5, false);
+        r.full = true;
+        for (i, v) in [5.0, 1.0, 4.0, 2.0, 3.0].into_iter().enumerate() {
+            r.push(v, i);
         }
         assert_eq!(r.quantile(0.5), Some(3.0));
-        r.push(10.0); // drops 5
+        r.push(10.0, 5); // drops 5
         assert_eq!(r.len(), 5);
         assert_eq!(r.quantile(0.99), Some(10.0));
         // The same answers with the sorted copy, kept up to date as the window slides.
         let unsorted: Vec<_> = [0.1, 0.5, 0.9].map(|q| r.quantile(q)).into();
-        r.keep_sorted(true);
+        r.set_mode(true);
         assert_eq!(
             r.sorted
                 .as_ref()
@@ -1035,25 +1105,58 @@ mod tests {
             Some([1.0, 2.0, 3.0, 4.0, 10.0].to_vec())
         );
         assert_eq!(unsorted, [0.1, 0.5, 0.9].map(|q| r.quantile(q)));
-        r.push(0.5); // drops 1
+        r.push(0.5, 6); // drops 1
         assert_eq!(
             r.sorted
                 .as_ref()
                 .map(|v| v.iter().map(|h| h.to_f64()).collect::<Vec<_>>()),
             Some([0.5, 2.0, 3.0, 4.0, 10.0].to_vec())
         );
-        r.keep_sorted(false);
-        assert!(r.sorted.is_none());
-        assert_eq!(r.quantile(0.5), Some(3.0));
-        assert!(r.fifo.capacity() <= 8, "capacity {}", r.fifo.capacity());
         // Half precision: three digits kept, and nothing past the f16 range turns infinite.
-        r.push(1e9);
+        r.push(1e9, 7);
         let top = r.quantile(0.999).unwrap();
         assert!(top.is_finite() && top >= 59_000.0, "{top}");
-        let mut r = RollingQuantile::new(3);
-        r.push(1234.567);
+        let mut r = RollingQuantile::new(3, true);
+        r.push(1234.567, 0);
         let kept = r.quantile(0.5).unwrap();
         assert!((kept - 1234.567).abs() / 1234.567 < 1e-3, "{kept}");
+    }
+
+    #[test]
+    fn thin_windows_span_the_same_time_in_a_quarter_of_the_room() {
+        let values = |r: &RollingQuantile| r.fifo.iter().map(|h| h.to_f64()).collect::<Vec<_>>();
+        // Thin: only grid indices divisible by THIN, at most a quarter of the capacity.
+        let mut r = RollingQuantile::new(40, false);
+        assert!(r.sorted.is_none());
+        for i in 0..100 {
+            r.push(i as f64, i);
+        }
+        let kept: Vec<f64> = (60..100).step_by(THIN).map(|i| i as f64).collect();
+        assert_eq!(values(&r), kept);
+        assert!(r.fifo.capacity() < 40, "capacity {}", r.fifo.capacity());
+        // Selected: every residual from now on, the thin ones leaving last, and the sorted
+        // copy agrees with a sort of the window.
+        r.set_full(true);
+        for i in 100..132 {
+            r.push(i as f64, i);
+        }
+        assert_eq!(r.len(), 40);
+        let mut want: Vec<f64> = (68..100).step_by(THIN).map(|i| i as f64).collect();
+        want.extend((100..132).map(|i| i as f64));
+        assert_eq!(values(&r), want);
+        let sorted: Vec<f64> = r.sorted.iter().flatten().map(|h| h.to_f64()).collect();
+        assert_eq!(sorted, want);
+        assert_eq!(r.quantile(0.5), Some(want[rank(40, 0.5)]));
+        // No longer selected: one in THIN again, the newest kept, the sorted copy gone.
+        r.set_full(false);
+        let want: Vec<f64> = want.iter().rev().step_by(THIN).rev().copied().collect();
+        assert_eq!(values(&r), want);
+        assert!(r.sorted.is_none());
+        // A window saved full by an older build is thinned when restored thin.
+        let mut r = RollingQuantile::new(40, false);
+        r.restore((0..40).map(|i| f16::from_f64(f64::from(i))), false);
+        let want: Vec<f64> = (3..40).step_by(THIN).map(f64::from).collect();
+        assert_eq!(values(&r), want);
     }
 
     /// A daily-ish cycle with noise, at 5-minute steps.
@@ -1108,6 +1211,15 @@ mod tests {
             EngineStatus { refits: 0, ..sb }
         );
         assert_eq!(a.candidate_stats().len(), b.candidate_stats().len());
+        // Every candidate's residual windows too, full or thin: a later switch finds them equal.
+        let resid = |e: &Engine| {
+            e.state()
+                .cands
+                .into_iter()
+                .map(|c| c.resid)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(resid(&a), resid(&b));
         // Another lead time or preset: refused, and the engine starts cold.
         let mut c = Engine::new(preset(), 300, 3);
         assert!(c.restore(a.state()).is_err());
