@@ -22,13 +22,14 @@ fn live() -> u64 {
     u64::try_from(net.max(0)).unwrap_or(u64::MAX)
 }
 
-/// Engines as the service warms them: 7 days at one minute, the last two forecast at every
-/// step (the online backtest), lead 3 steps.
+/// Live allocations (blocks allocated and not freed).
 fn blocks() -> u64 {
     let s = GLOBAL.stats();
     u64::try_from(s.allocations as i128 - s.deallocations as i128).unwrap_or(0)
 }
 
+/// Engines as the service warms them: 7 days at one minute, the last two forecast at every
+/// step (the online backtest), lead 3 steps. Live heap bytes and blocks per engine.
 fn engines(n: usize) -> anyhow::Result<(u64, u64)> {
     let mut preset = ModelPreset::load("auto")?;
     // The service keeps no more history than it backfills.

@@ -1636,22 +1636,24 @@ fn count(metrics: &Metrics, stage: &'static str, kind: &'static str) {
         .inc();
 }
 
-/// Writes `bytes` to `path` via a temporary file, fsync and rename.
-///
-/// # Errors
-/// I/O errors.
 /// Returns the free pages inside glibc's heap to the kernel. Fits allocate and free large
 /// scratch buffers between long-lived blocks, and glibc keeps those pages resident (about a
-/// third of the service's memory) unless asked.
+/// quarter of the service's memory) unless asked.
 #[allow(unsafe_code)]
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims glibc's own free lists; it takes no pointers.
+    // SAFETY: malloc_trim takes no pointers and only releases free chunks of glibc's own
+    // arenas; it is MT-safe (it takes each arena's lock), so other threads may allocate
+    // meanwhile.
     unsafe {
         libc::malloc_trim(0);
     }
 }
 
+/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+///
+/// # Errors
+/// I/O errors.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {

@@ -22,60 +22,69 @@ const CONFIDENCE_WINDOW: usize = 48;
 /// Coverage shortfall (below the quantile) at which a forecast stops being confident.
 const CONFIDENCE_SLACK: f64 = 0.2;
 
-/// Residuals a window not in use keeps, one in this many: it still spans the whole
-/// calibration window, at a quarter of the memory.
+/// Residuals a window of a model not selected recently keeps, one in this many: it still
+/// spans the whole calibration window, at a quarter of the memory.
 const THIN: usize = 4;
 
-/// A fixed-size window of residuals, oldest first, in half precision (three significant
-/// digits: far more than a quantile of a thousand residuals can tell; 2 KB a window).
+/// A window of residuals, oldest first, in half precision (three significant digits: far
+/// more than a quantile of a thousand residuals can tell; 2 KB a full window, 500 bytes a
+/// thin one).
 ///
-/// Only the selected model's windows are *full*: every residual, and a sorted copy (f16
-/// too) for the many quantiles a forecast reads. The other candidates' windows are *thin*:
-/// one residual in [`THIN`] over the same span (neighbouring residuals are strongly
-/// correlated, so a quantile loses little), answering the odd quantile by selection on a
-/// scratch copy. When a model is selected its thin window fills up again with every new
-/// residual, the oldest thin ones leaving last.
+/// The windows of the selected model, and of models selected within the last calibration
+/// window, are *full*: every residual, and a sorted copy (f16 too) for the many quantiles a
+/// forecast reads. The other candidates' windows are *thin*: one residual in [`THIN`] over
+/// the same span (neighbouring residuals are strongly correlated, so a quantile loses
+/// little), answering the odd quantile by selection on a scratch copy. When a model is
+/// selected its thin window fills up again with every new residual, and its thin residuals
+/// leave first, as the oldest.
 #[derive(Debug, Clone)]
 struct RollingQuantile {
     fifo: VecDeque<f16>,
     sorted: Option<Vec<f16>>,
     /// Residuals held when full.
     cap: usize,
+    /// Residuals held when thin.
+    thin_room: usize,
     full: bool,
+    /// Grid index over [`THIN`] of the last residual taken.
+    taken: Option<usize>,
 }
 
 impl RollingQuantile {
-    fn new(cap: usize, full: bool) -> Self {
+    /// A window of `cap` residuals; thin, it holds a quarter of that but never fewer than
+    /// `floor` (the residuals a forecast needs), so a model selected again can forecast.
+    fn new(cap: usize, floor: usize, full: bool) -> Self {
         let mut r = Self {
             fifo: VecDeque::new(),
             sorted: full.then(|| Vec::with_capacity(cap)),
             cap,
+            thin_room: cap.div_ceil(THIN).max(floor).min(cap),
             full,
+            taken: None,
         };
         // Allocated whole at the start (every window fills within days), before any fit:
         // grown in steps, these long-lived blocks would land between fits' scratch and pin
-        // it resident.
+        // it resident. (A change of mode reallocates, but selections change seldom.)
         r.fifo.reserve_exact(r.room());
         r
     }
 
     /// Residuals held at most in the current mode.
     fn room(&self) -> usize {
-        if self.full {
-            self.cap
-        } else {
-            self.cap.div_ceil(THIN)
-        }
+        if self.full { self.cap } else { self.thin_room }
     }
 
-    /// Takes the residual of the forecast for grid index `at`. A thin window takes every
-    /// one until its room is filled (a young engine's model is selected with as many
-    /// residuals as it has), then the indices divisible by [`THIN`]: which ones depends on
-    /// the data alone, so a restored engine keeps the same ones as one that never stopped.
+    /// Takes the residual of the forecast for grid index `at` (increasing from call to
+    /// call). A thin window takes every one until its room is filled, then the first in
+    /// each run of [`THIN`] grid indices: at every step's forecast, the indices divisible
+    /// by it. Which ones depends on the data and the saved state alone, so a restored
+    /// engine keeps the same ones as one that never stopped.
     fn push(&mut self, v: f64, at: usize) {
-        if !self.full && self.fifo.len() >= self.room() && !at.is_multiple_of(THIN) {
+        let block = at / THIN;
+        if !self.full && self.fifo.len() >= self.room() && self.taken == Some(block) {
             return;
         }
+        self.taken = Some(block);
         // Clamped into f16's range: a residual past it would read back as infinite.
         let h = f16::from_f64(v.clamp(-F16_LIMIT, F16_LIMIT));
         if self.fifo.len() >= self.room()
@@ -101,18 +110,18 @@ impl RollingQuantile {
         }
     }
 
-    /// Takes up saved residuals (oldest first) in the given mode. A thin window saved full,
-    /// by an older build, is thinned here.
-    fn restore(&mut self, saved: impl Iterator<Item = f16>, full: bool) {
+    /// Takes up saved residuals (oldest first, at most the mode's room) in the given mode.
+    fn restore(&mut self, saved: impl Iterator<Item = f16>, full: bool, taken: Option<usize>) {
         self.fifo.clear();
         self.fifo.extend(saved);
+        self.taken = taken;
         self.set_mode(full);
     }
 
     fn set_mode(&mut self, full: bool) {
         self.full = full;
         let room = self.room();
-        if self.fifo.len() > room {
+        if !full && self.fifo.len() > room {
             // One residual in THIN, the newest kept, as many as the thin window holds.
             let n = self.fifo.len();
             let count = n.div_ceil(THIN).min(room);
@@ -173,7 +182,8 @@ pub struct CandidateStats {
     pub count: usize,
     /// Sum of absolute errors of the point forecast.
     pub abs_error_sum: f64,
-    /// Sum of pinball losses of the model's own calibrated upper quantile.
+    /// Sum of pinball losses of the model's own calibrated upper quantile (from its own
+    /// windows, thin while it is not selected).
     pub pinball_sum: f64,
     /// Forecasts whose upper quantile covered the actual.
     pub covered: usize,
@@ -286,7 +296,8 @@ impl Engine {
         let history_len = steps(preset.history).max(4 * lead + 16);
         let refit_steps = steps(preset.refit_every).max(1);
         let sel_window = steps(preset.selection_window).clamp(50, 5000) * lead;
-        // Enough residuals to pin a 0.995 quantile, few enough to keep a workload small.
+        // Enough residuals to pin a 0.995 quantile (in the selected model's full windows),
+        // few enough to keep a workload small.
         let cal_window = steps(preset.calibration_window).clamp(200, 1000);
         let mut kinds = vec![ModelKind::Persistence];
         kinds.extend(
@@ -309,7 +320,10 @@ impl Engine {
                 pending: VecDeque::new(),
                 resid: (0..lead)
                     // Persistence is selected until a model has a backtest.
-                    .map(|_| RollingQuantile::new(cal_window, kind == ModelKind::Persistence))
+                    .map(|_| {
+                        let floor = preset.min_calibration;
+                        RollingQuantile::new(cal_window, floor, kind == ModelKind::Persistence)
+                    })
                     .collect(),
                 losses: SlidingSums::new(sel_window),
                 stats: CandidateStats {
@@ -870,6 +884,8 @@ struct CandidateState {
     /// Whether the windows are full (else thin).
     full: bool,
     full_until: usize,
+    /// Per window, the grid index over THIN of the last residual taken.
+    taken: Vec<Option<usize>>,
     losses: SavedSums,
     stats: [f64; 5],
 }
@@ -937,6 +953,7 @@ impl Engine {
                         .collect(),
                     full: c.resid.first().is_some_and(|r| r.full),
                     full_until: c.full_until,
+                    taken: c.resid.iter().map(|r| r.taken).collect(),
                     losses: c.losses.to_saved(),
                     stats: stats_state(&c.stats),
                 })
@@ -991,9 +1008,13 @@ impl Engine {
             }
         };
         let before_end = |k: usize| k <= end;
+        let thin_room = self.cands[0].resid[0].thin_room;
         let cand_ok = |c: &CandidateState| {
+            let room = if c.full { cap } else { thin_room };
             c.resid.len() == lead
-                && c.resid.iter().all(|r| r.len() <= cap)
+                && c.taken.len() == lead
+                && c.resid.iter().all(|r| r.len() <= room)
+                && c.full_until <= end.saturating_add(cap)
                 && c.pending.iter().all(|p| {
                     p.point.len() == lead && p.scale.len() == lead && before_end(p.origin_end)
                 })
@@ -1002,7 +1023,7 @@ impl Engine {
             && s.grid.len() <= self.keep + BLOCK
             && s.grid.is_valid()
             && s.cands.iter().all(cand_ok)
-            && s.selected < s.cands.len()
+            && s.cands.get(s.selected).is_some_and(|c| c.full)
             && s.levels.len() == lead
             && s.published
                 .iter()
@@ -1036,8 +1057,8 @@ impl Engine {
             c.fitted = None;
             c.pending = saved.pending;
             c.full_until = saved.full_until;
-            for (r, bits) in c.resid.iter_mut().zip(saved.resid) {
-                r.restore(bits.into_iter().map(f16::from_bits), saved.full);
+            for ((r, bits), taken) in c.resid.iter_mut().zip(saved.resid).zip(saved.taken) {
+                r.restore(bits.into_iter().map(f16::from_bits), saved.full, taken);
             }
             c.losses = losses;
             c.stats = stats_from(c.kind.as_str(), saved.stats);
@@ -1086,7 +1107,7 @@ mod tests {
 
     #[test]
     fn rolling_quantile_tracks_a_sliding_window() {
-        let mut r = RollingQuantile::new(5, false);
+        let mut r = RollingQuantile::new(5, 0, false);
         r.full = true;
         for (i, v) in [5.0, 1.0, 4.0, 2.0, 3.0].into_iter().enumerate() {
             r.push(v, i);
@@ -1116,7 +1137,7 @@ mod tests {
         r.push(1e9, 7);
         let top = r.quantile(0.999).unwrap();
         assert!(top.is_finite() && top >= 59_000.0, "{top}");
-        let mut r = RollingQuantile::new(3, true);
+        let mut r = RollingQuantile::new(3, 0, true);
         r.push(1234.567, 0);
         let kept = r.quantile(0.5).unwrap();
         assert!((kept - 1234.567).abs() / 1234.567 < 1e-3, "{kept}");
@@ -1126,7 +1147,7 @@ mod tests {
     fn thin_windows_span_the_same_time_in_a_quarter_of_the_room() {
         let values = |r: &RollingQuantile| r.fifo.iter().map(|h| h.to_f64()).collect::<Vec<_>>();
         // Thin: only grid indices divisible by THIN, at most a quarter of the capacity.
-        let mut r = RollingQuantile::new(40, false);
+        let mut r = RollingQuantile::new(40, 0, false);
         assert!(r.sorted.is_none());
         for i in 0..100 {
             r.push(i as f64, i);
@@ -1134,7 +1155,7 @@ mod tests {
         let kept: Vec<f64> = (60..100).step_by(THIN).map(|i| i as f64).collect();
         assert_eq!(values(&r), kept);
         assert!(r.fifo.capacity() < 40, "capacity {}", r.fifo.capacity());
-        // Selected: every residual from now on, the thin ones leaving last, and the sorted
+        // Selected: every residual from now on, the thin ones leaving first, and the sorted
         // copy agrees with a sort of the window.
         r.set_full(true);
         for i in 100..132 {
@@ -1152,11 +1173,16 @@ mod tests {
         let want: Vec<f64> = want.iter().rev().step_by(THIN).rev().copied().collect();
         assert_eq!(values(&r), want);
         assert!(r.sorted.is_none());
-        // A window saved full by an older build is thinned when restored thin.
-        let mut r = RollingQuantile::new(40, false);
-        r.restore((0..40).map(|i| f16::from_f64(f64::from(i))), false);
-        let want: Vec<f64> = (3..40).step_by(THIN).map(f64::from).collect();
-        assert_eq!(values(&r), want);
+        // Forecasts every other step: the window still takes one residual per run of THIN
+        // indices, none goes stale.
+        let mut r = RollingQuantile::new(40, 0, false);
+        for i in (1..200).step_by(2) {
+            r.push(i as f64, i);
+        }
+        let kept: Vec<f64> = (161..200).step_by(THIN).map(|i| i as f64).collect();
+        assert_eq!(values(&r), kept);
+        // Thin, a window never holds fewer than a forecast needs.
+        assert_eq!(RollingQuantile::new(200, 80, false).room(), 80);
     }
 
     /// A daily-ish cycle with noise, at 5-minute steps.
@@ -1213,10 +1239,9 @@ mod tests {
         assert_eq!(a.candidate_stats().len(), b.candidate_stats().len());
         // Every candidate's residual windows too, full or thin: a later switch finds them equal.
         let resid = |e: &Engine| {
-            e.state()
-                .cands
-                .into_iter()
-                .map(|c| c.resid)
+            let s = e.state();
+            let c = s.cands.into_iter();
+            c.map(|c| (c.resid, c.full, c.full_until, c.taken))
                 .collect::<Vec<_>>()
         };
         assert_eq!(resid(&a), resid(&b));
@@ -1233,7 +1258,16 @@ mod tests {
             "another quantile"
         );
         // Tampered states are refused, never taken up to fail later.
-        let tampered: [fn(&mut EngineState); 6] = [
+        let tampered: [fn(&mut EngineState); 8] = [
+            // A thin window longer than a thin window holds; the selected model's thin.
+            |s| {
+                let c = s.cands.iter_mut().find(|c| !c.full).unwrap();
+                c.resid[0] = vec![0; 300]; // thin room 216 of 864
+            },
+            |s| {
+                let sel = s.selected;
+                s.cands[sel].full = false;
+            },
             |s| s.published.push_back((0, Vec::new(), 0.0, 0.0)),
             |s| s.t0 = Some(1_000_000),
             |s| s.grid = Grid::default(),

@@ -49,7 +49,9 @@ pub struct ModelPreset {
     /// Recent backtest window the models are compared over.
     #[serde(default = "default_selection_window", with = "humantime_serde")]
     pub selection_window: Duration,
-    /// Recent residuals the upper quantile is calibrated on.
+    /// Recent residuals the upper quantile is calibrated on (200 to 1,000 steps of the
+    /// workload). A model not selected within this window keeps one residual in four over
+    /// it, and every one again once selected.
     #[serde(default = "default_calibration_window", with = "humantime_serde")]
     pub calibration_window: Duration,
     /// Residuals needed at the lead horizon before forecasts are issued (warm-up).
