@@ -777,14 +777,15 @@ impl Service {
             .buffer_unordered(self.cfg.loop_.concurrency)
             .collect::<Vec<()>>()
             .await;
-        // The loop's fits freed their scratch; hand the pages back before the next one.
-        drop(tokio::task::spawn_blocking(release_free_heap).await);
         self.apply_approved(now).await;
         self.update_safety();
         self.publish_views();
         self.snapshot(false);
         // Off the loop: it is awaited only at shutdown (`save`).
         drop(self.snapshot_models(false));
+        // The loop's fits freed their scratch; hand the pages back before the next one
+        // (after the approved changes, which should not wait for it).
+        drop(tokio::task::spawn_blocking(release_free_heap).await);
         self.shared
             .metrics
             .loop_duration

@@ -56,16 +56,13 @@ impl RollingQuantile {
     fn new(cap: usize, floor: usize, full: bool) -> Self {
         let mut r = Self {
             fifo: VecDeque::new(),
-            sorted: full.then(|| Vec::with_capacity(cap)),
+            sorted: None,
             cap,
             thin_room: cap.div_ceil(THIN).max(floor).min(cap),
             full,
             taken: None,
         };
-        // Allocated whole at the start (every window fills within days), before any fit:
-        // grown in steps, these long-lived blocks would land between fits' scratch and pin
-        // it resident. (A change of mode reallocates, but selections change seldom.)
-        r.fifo.reserve_exact(r.room());
+        r.set_mode(full);
         r
     }
 
@@ -130,11 +127,11 @@ impl RollingQuantile {
             kept.extend((first..n).step_by(THIN).map(|i| self.fifo[i]));
             self.fifo = kept;
         }
-        if full {
-            self.fifo.reserve_exact(room - self.fifo.len());
-        } else {
-            self.fifo.shrink_to(room);
-        }
+        // Allocated whole (every window fills within days): grown in steps, these
+        // long-lived blocks would land between fits' scratch and pin it resident. A change
+        // of mode reallocates, but selections change seldom.
+        self.fifo.reserve_exact(room - self.fifo.len());
+        self.fifo.shrink_to(room);
         self.sorted = full.then(|| {
             let mut v = Vec::with_capacity(self.cap);
             v.extend(self.fifo.iter().copied());
