@@ -759,6 +759,37 @@ async fn two_replicas_race_and_at_most_one_writes_per_decision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_lease_lapsed_writes_nothing() {
+    let world = world_with(3);
+    let addr = fake_api(world.clone()).await;
+    // Leader for 2/3 of 3 s after the renewal, never renewed again.
+    let lease = Arc::new(LeaseElector::new(
+        client(addr, Duration::from_secs(2)).await,
+        lease_cfg("a", Duration::from_secs(3)),
+    ));
+    assert!(lease.try_acquire_or_renew().await.unwrap());
+    let act = ScaleActuator::new(
+        client(addr, Duration::from_secs(2)).await,
+        Some(lease.clone()),
+        Duration::from_millis(2500),
+        3,
+    );
+    // The first write hangs past the request timeout; the retry comes after the lease ran out.
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::PUT,
+        path_suffix: "/scale",
+        times: 1,
+        action: Action::Hang(Duration::from_secs(5)),
+    });
+    let e = act.apply(&web(), 8, LIMITS, None).await.unwrap_err();
+    assert_eq!(e.kind(), "not_leader", "{e}");
+    assert!(!lease.is_leader());
+    assert_eq!(scale_requests(&world, Method::PUT), 1, "no second attempt");
+    assert_eq!(world.lock().unwrap().scale_writes, 0);
+    assert_eq!(replicas(&world, "deployments", "web"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_holder_loses_the_lease_after_its_duration() {
     let world = world_with(3);
     let addr = fake_api(world.clone()).await;
@@ -1007,6 +1038,106 @@ mod service {
                 .encode_text()
                 .contains("prescale_safe_to_act 0")
         );
+    }
+
+    /// Plays `demo:0` from a trace that falls from 900 to 100; the other queries fail while
+    /// `broken` is set and play the same trace otherwise.
+    struct Switchable(TraceSource, std::sync::atomic::AtomicBool);
+
+    #[async_trait::async_trait]
+    impl MetricSource for Switchable {
+        async fn fetch(&self, q: &str, w: TimeWindow) -> Result<Vec<Sample>, CollectError> {
+            if q != "demo:0" && self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(CollectError::Empty);
+            }
+            self.0.fetch("demo:0", w).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_approved_scale_down_waits_while_most_workloads_fail() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..700 {
+            let v = if i < 500 { 900.0 } else { 100.0 };
+            csv.push_str(&format!("{},{v}\n", i * STEP));
+        }
+        let falling = Trace::parse(std::path::Path::new("fall.csv"), csv.as_bytes()).unwrap();
+        let world = world_with(9);
+        let addr = fake_api(world.clone()).await;
+        let data = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
+             loop: {{interval: 60s, history: 6h}}\n\
+             data_dir: '{}'\n\
+             kubernetes: {{api_url: 'http://{addr}', timeout: 2s}}\n\
+             workloads:\n\
+             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, max_replicas: 20, mode: recommend, actuator: scale, recommendation_ttl: 1h}}\n\
+             - {{namespace: shop, name: b, demand_query: 'demo:1', capacity_per_replica: 100, max_replicas: 20}}\n\
+             - {{namespace: shop, name: c, demand_query: 'demo:2', capacity_per_replica: 100, max_replicas: 20}}\n",
+            data.path().display()
+        );
+        let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+        let source = Arc::new(Switchable(
+            TraceSource::new(&falling),
+            std::sync::atomic::AtomicBool::new(false),
+        ));
+        let svc = build(cfg, source.clone(), 0).await;
+        let store = Store::open(&Store::sqlite_url(data.path())).await.unwrap();
+        svc.attach_store(store.clone()).await.unwrap();
+        // Demand falls at row 500: a scale-down from the 9 running is proposed.
+        let mut t = 480;
+        let pending = loop {
+            svc.run_once(t * STEP).await;
+            t += 1;
+            let recs = recommendations(&store).await;
+            if let Some(r) = recs
+                .into_iter()
+                .find(|r| r.state == RecState::Pending && r.to_replicas < 9)
+            {
+                break r;
+            }
+            assert!(t < 560, "no scale-down proposed");
+        };
+        // Two of three workloads fail for two loops: scale-downs become unsafe...
+        source.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            svc.run_once(t * STEP).await;
+            t += 1;
+        }
+        assert!(
+            !svc.shared()
+                .safe_to_act
+                .load(std::sync::atomic::Ordering::SeqCst)
+        );
+        // ...and the scale-down approved now is held, still approved, not failed.
+        store
+            .decide(&pending.id, RecState::Approved, "alice", None, t * STEP)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            svc.run_once(t * STEP).await;
+            t += 1;
+        }
+        assert_eq!(replicas(&world, "deployments", "web"), 9);
+        assert_eq!(world.lock().unwrap().scale_writes, 0);
+        assert_eq!(
+            store.get(&pending.id).await.unwrap().state,
+            RecState::Approved
+        );
+        // The failures end: one healthy loop makes it safe, the next applies the approval.
+        source.1.store(false, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            svc.run_once(t * STEP).await;
+            t += 1;
+        }
+        let done = store.get(&pending.id).await.unwrap();
+        assert_eq!(done.state, RecState::Applied, "{done:?}");
+        assert_eq!(
+            replicas(&world, "deployments", "web"),
+            pending.to_replicas as i32
+        );
+        assert_eq!(world.lock().unwrap().scale_writes, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
