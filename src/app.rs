@@ -300,6 +300,8 @@ pub struct Service {
     actuator: Option<Arc<dyn Actuator>>,
     /// Consecutive loops with more than half of the workloads failing.
     failing_loops: std::sync::atomic::AtomicU32,
+    /// Loop time of the last prune of the review store.
+    last_prune: std::sync::atomic::AtomicI64,
 }
 
 /// Share of failing workloads above which a loop counts as unhealthy.
@@ -314,6 +316,9 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(300);
 /// While the desired replicas equal the last replicas read, `/scale` is re-read only this
 /// often (to notice someone else's change) rather than every loop: API server load.
 const RESYNC_EVERY: Duration = Duration::from_secs(300);
+
+/// How often the review store is pruned of what `store.retention` made old.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Loops after its approval within which an approved recommendation must be applied (once
 /// past its `valid_until`); later it fails as expired.
@@ -535,6 +540,7 @@ impl Service {
             writing_models: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             actuator,
             failing_loops: std::sync::atomic::AtomicU32::new(0),
+            last_prune: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -778,6 +784,7 @@ impl Service {
             .collect::<Vec<()>>()
             .await;
         self.apply_approved(now).await;
+        self.prune_store(now).await;
         self.update_safety();
         self.publish_views();
         self.snapshot(false);
@@ -1021,6 +1028,30 @@ impl Service {
                 }
                 Ok(false) => {}
                 Err(e) => count(&self.shared.metrics, "store", e.kind()),
+            }
+        }
+    }
+
+    /// Deletes what `store.retention` made old, at most once per [`PRUNE_EVERY`] of loop time.
+    async fn prune_store(&self, now: Timestamp) {
+        use std::sync::atomic::Ordering;
+        let Some(store) = self.shared.store.get() else {
+            return;
+        };
+        let last = self.last_prune.load(Ordering::SeqCst);
+        if last != i64::MIN && now - last < PRUNE_EVERY.as_secs() as i64 {
+            return;
+        }
+        self.last_prune.store(now, Ordering::SeqCst);
+        let cutoff = now - self.cfg.store.retention.as_secs() as i64;
+        match store.prune(cutoff, now).await {
+            Ok((recs, entries)) if recs + entries > 0 => {
+                tracing::info!(recs, entries, cutoff, "Pruned the review store");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not prune the review store");
+                count(&self.shared.metrics, "store", e.kind());
             }
         }
     }

@@ -149,13 +149,31 @@ pub struct ApiConfig {
 }
 
 /// The review store.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Database URL. Unset: the SQLite file `prescale.db` in `data_dir` (one replica).
     /// `postgres://user@host/db` when several replicas of prescale run.
     #[serde(default)]
     pub url: Option<String>,
+    /// How long ended recommendations and audit entries are kept (checked hourly). Pending
+    /// and approved recommendations, and each workload's newest and newest applied one, are
+    /// kept whatever their age. At least one day.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            retention: default_retention(),
+        }
+    }
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(90 * 86_400)
 }
 
 /// The KEDA endpoints.
@@ -664,6 +682,9 @@ impl Config {
         if self.loop_.concurrency == 0 || self.loop_.concurrency > 1024 {
             return Err(invalid("loop.concurrency", "must be in 1..=1024"));
         }
+        if self.store.retention < Duration::from_secs(86_400) {
+            return Err(invalid("store.retention", "must be at least 1d"));
+        }
         let k = &self.keda;
         if k.stale_after.is_some_and(|d| d < self.loop_.interval) {
             return Err(invalid(
@@ -840,6 +861,7 @@ workloads:
     fn a_minimal_config_gets_documented_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.loop_.interval, Duration::from_secs(60));
+        assert_eq!(c.store.retention, Duration::from_secs(90 * 86_400));
         assert_eq!(c.listen.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.listen.grpc, "127.0.0.1:9090".parse().unwrap());
         let w = &c.workloads[0];
@@ -904,6 +926,10 @@ workloads:
                     "{GOOD}kubernetes:\n  timeout: 6s\n  lease:\n    namespace: p\n    duration: 15s\n"
                 ),
                 "kubernetes.timeout",
+            ),
+            (
+                format!("{GOOD}store:\n  retention: 2h\n"),
+                "store.retention",
             ),
         ];
         for (text, needle) in cases {

@@ -86,13 +86,24 @@ fn kill_9_loses_no_approval_and_applies_nothing_twice() {
     // Restart once more and let a few loops run: every approval is kept and applied once.
     let (_child, port, _) = start(data.path());
     std::thread::sleep(Duration::from_secs(3));
+    // An approval is kept until it is applied, or refused as stale: an older approval applied
+    // first (after a restart they go in the order they were made) moved the workload away
+    // from the replicas it was approved from, and a stale one is never forced.
+    let stale = |rec: &serde_json::Value| {
+        rec["state"] == "failed"
+            && rec["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("stale"))
+    };
+    let mut applied = 0;
     for id in &approved {
         let rec = json(port, &format!("/api/v1/recommendations/{id}"));
         let state = rec["state"].as_str().unwrap();
         assert!(
-            matches!(state, "approved" | "applied"),
+            matches!(state, "approved" | "applied") || stale(&rec),
             "{id} lost its approval: {rec}"
         );
+        applied += usize::from(state == "applied");
         let audit = json(port, &format!("/api/v1/audit?target={id}&limit=100"));
         let count = |a: &str| {
             audit
@@ -109,10 +120,14 @@ fn kill_9_loses_no_approval_and_applies_nothing_twice() {
         }
     }
     // The newest approval is applied by now (older ones may have been applied or, if a newer
-    // approval got there first, are still waiting their turn; none is lost).
+    // approval got there first, are still waiting their turn; none is lost), unless an older
+    // one applied first made it stale.
     let last = json(
         port,
         &format!("/api/v1/recommendations/{}", approved.last().unwrap()),
     );
-    assert_eq!(last["state"], "applied", "{last}");
+    assert!(
+        last["state"] == "applied" || (stale(&last) && applied > 0),
+        "{last}"
+    );
 }

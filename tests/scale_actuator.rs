@@ -845,28 +845,41 @@ mod service {
 
     const STEP: i64 = 60;
 
-    fn trace() -> Trace {
-        // Two hours at 100, then 900: at capacity 100 per replica the loop must ask for more.
+    /// `before` for 500 rows of a minute, then `after` until `rows`.
+    fn step_trace(rows: i64, before: f64, after: f64) -> Trace {
         let mut csv = String::from("timestamp,value\n");
-        for i in 0..600 {
-            let v = if i < 500 { 100.0 } else { 900.0 };
+        for i in 0..rows {
+            let v = if i < 500 { before } else { after };
             csv.push_str(&format!("{},{v}\n", i * STEP));
         }
         Trace::parse(std::path::Path::new("step.csv"), csv.as_bytes()).unwrap()
     }
 
-    /// One workload, `shop/web` on `demo:0`, with `extra` settings (mode, actuator, ...).
-    fn one_workload(api: SocketAddr, data: &std::path::Path, extra: &str) -> Config {
+    fn trace() -> Trace {
+        // About eight hours at 100, then 900: at capacity 100 per replica the loop must ask
+        // for more.
+        step_trace(600, 100.0, 900.0)
+    }
+
+    /// A config on the fake API with these `workloads:` entries.
+    fn config_with(api: SocketAddr, data: &std::path::Path, workloads: &str) -> Config {
         let yaml = format!(
             "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
              loop: {{interval: 60s, history: 6h}}\n\
              data_dir: '{}'\n\
              kubernetes: {{api_url: 'http://{api}', timeout: 2s}}\n\
-             workloads:\n\
-             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, min_replicas: 1, max_replicas: 20, {extra}}}\n",
+             workloads:\n{workloads}",
             data.display()
         );
         Config::parse(std::path::Path::new("test.yaml"), &yaml, &|_| None).unwrap()
+    }
+
+    /// One workload, `shop/web` on `demo:0`, with `extra` settings (mode, actuator, ...).
+    fn one_workload(api: SocketAddr, data: &std::path::Path, extra: &str) -> Config {
+        let web = format!(
+            "- {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, min_replicas: 1, max_replicas: 20, {extra}}}\n"
+        );
+        config_with(api, data, &web)
     }
 
     fn config(api: SocketAddr, data: &std::path::Path) -> Config {
@@ -976,6 +989,24 @@ mod service {
         assert_eq!(lists, 1);
     }
 
+    /// A trace at 900 for 500 rows, then 100 until `rows`.
+    fn falling(rows: i64) -> Trace {
+        step_trace(rows, 900.0, 100.0)
+    }
+
+    /// `shop/web` on `demo:0` with `web` settings, and `shop/b`, `shop/c` on `demo:1`, `demo:2`.
+    fn three_workloads(api: SocketAddr, data: &std::path::Path, web: &str) -> Config {
+        let entry = |name: &str, query: &str, extra: &str| {
+            format!(
+                "- {{namespace: shop, name: {name}, demand_query: '{query}', capacity_per_replica: 100, max_replicas: 20{extra}}}\n"
+            )
+        };
+        let all = entry("web", "demo:0", &format!(", {web}"))
+            + &entry("b", "demo:1", "")
+            + &entry("c", "demo:2", "");
+        config_with(api, data, &all)
+    }
+
     /// Plays `demo:0` from a trace that falls from 900 to 100; every other query fails.
     struct Partial(TraceSource);
 
@@ -993,28 +1024,11 @@ mod service {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn when_most_workloads_fail_nothing_is_scaled_down() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let mut csv = String::from("timestamp,value\n");
-        for i in 0..600 {
-            let v = if i < 500 { 900.0 } else { 100.0 };
-            csv.push_str(&format!("{},{v}\n", i * STEP));
-        }
-        let falling = Trace::parse(std::path::Path::new("fall.csv"), csv.as_bytes()).unwrap();
         let world = world_with(1);
         let addr = fake_api(world.clone()).await;
         let data = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
-             loop: {{interval: 60s, history: 6h}}\n\
-             data_dir: '{}'\n\
-             kubernetes: {{api_url: 'http://{addr}', timeout: 2s}}\n\
-             workloads:\n\
-             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, max_replicas: 20, mode: auto, actuator: scale}}\n\
-             - {{namespace: shop, name: b, demand_query: 'demo:1', capacity_per_replica: 100, max_replicas: 20}}\n\
-             - {{namespace: shop, name: c, demand_query: 'demo:2', capacity_per_replica: 100, max_replicas: 20}}\n",
-            data.path().display()
-        );
-        let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
-        let source = Arc::new(Partial(TraceSource::new(&falling)));
+        let cfg = three_workloads(addr, data.path(), "mode: auto, actuator: scale");
+        let source = Arc::new(Partial(TraceSource::new(&falling(600))));
         let svc = build(cfg, source, 0).await;
         for t in (480..=499).map(|i| i * STEP) {
             svc.run_once(t).await;
@@ -1057,29 +1071,16 @@ mod service {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_approved_scale_down_waits_while_most_workloads_fail() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let mut csv = String::from("timestamp,value\n");
-        for i in 0..700 {
-            let v = if i < 500 { 900.0 } else { 100.0 };
-            csv.push_str(&format!("{},{v}\n", i * STEP));
-        }
-        let falling = Trace::parse(std::path::Path::new("fall.csv"), csv.as_bytes()).unwrap();
         let world = world_with(9);
         let addr = fake_api(world.clone()).await;
         let data = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
-             loop: {{interval: 60s, history: 6h}}\n\
-             data_dir: '{}'\n\
-             kubernetes: {{api_url: 'http://{addr}', timeout: 2s}}\n\
-             workloads:\n\
-             - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 100, max_replicas: 20, mode: recommend, actuator: scale, recommendation_ttl: 1h}}\n\
-             - {{namespace: shop, name: b, demand_query: 'demo:1', capacity_per_replica: 100, max_replicas: 20}}\n\
-             - {{namespace: shop, name: c, demand_query: 'demo:2', capacity_per_replica: 100, max_replicas: 20}}\n",
-            data.path().display()
+        let cfg = three_workloads(
+            addr,
+            data.path(),
+            "mode: recommend, actuator: scale, recommendation_ttl: 1h",
         );
-        let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
         let source = Arc::new(Switchable(
-            TraceSource::new(&falling),
+            TraceSource::new(&falling(700)),
             std::sync::atomic::AtomicBool::new(false),
         ));
         let svc = build(cfg, source.clone(), 0).await;

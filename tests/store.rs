@@ -337,6 +337,52 @@ async fn suite(url: &str) {
     );
     assert!(s.overrides("shop", "web").await.unwrap().is_empty());
 
+    // Retention: old ended recommendations and audit entries go; what the loop reads stays.
+    let day = 86_400;
+    let at = |d: i64| now - d * day;
+    let with = |w: &str, to: u32, t: i64, state: RecState| Recommendation {
+        state,
+        ..rec(w, to, t)
+    };
+    let r0 = with("old", 2, at(300), RecState::Applied);
+    let r1 = with("old", 4, at(200), RecState::Applied);
+    let r2 = with("old", 6, at(199), RecState::Pending);
+    let r3 = with("old", 8, at(198), RecState::Pending);
+    let waiting = with("waiting", 5, at(250), RecState::Approved);
+    for r in [&r0, &r1, &r2, &r3, &waiting] {
+        assert!(s.create(r, "prescale").await.unwrap());
+    }
+    // r3 supersedes r2, then expires undecided: the newest of `old` lapsed.
+    assert!(s.expire(at(197)).await.unwrap() >= 1);
+    assert_eq!(s.get(&r2.id).await.unwrap().state, RecState::Superseded);
+    assert_eq!(s.get(&r3.id).await.unwrap().state, RecState::Expired);
+    let lapsed = s.lapsed().await.unwrap();
+    let applied = s.all_last_applied().await.unwrap();
+    assert_eq!(applied["shop/old"], 4);
+    let audit_before = s.audit_log(None, 100_000, 0).await.unwrap().len();
+    let (recs, entries) = s.prune(at(90), now).await.unwrap();
+    assert_eq!(recs, 2, "r0 (an older applied) and r2 (superseded)");
+    assert!(entries >= 4, "the old creations' audit entries: {entries}");
+    for gone in [&r0, &r2] {
+        assert!(matches!(s.get(&gone.id).await, Err(StoreError::NotFound)));
+    }
+    assert_eq!(s.get(&r1.id).await.unwrap().state, RecState::Applied);
+    assert_eq!(s.get(&r3.id).await.unwrap().state, RecState::Expired);
+    assert_eq!(s.get(&waiting.id).await.unwrap().state, RecState::Approved);
+    // Every recommendation made in this suite (at `now`) is untouched.
+    assert_eq!(s.get(&b.id).await.unwrap().state, RecState::Applied);
+    assert_eq!(s.lapsed().await.unwrap(), lapsed);
+    assert_eq!(s.all_last_applied().await.unwrap(), applied);
+    let log = s.audit_log(None, 100_000, 0).await.unwrap();
+    assert_eq!(log.len() as u64, audit_before as u64 - entries + 1);
+    assert!(log.iter().all(|e| e.at >= at(90)));
+    assert_eq!(log[0].action, "prune");
+    assert_eq!(
+        s.prune(at(90), now).await.unwrap(),
+        (0, 0),
+        "nothing left to prune"
+    );
+
     // Reopen (migrations are idempotent); everything is still there.
     drop(s);
     let s = Store::open(url).await.unwrap();

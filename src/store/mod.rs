@@ -376,6 +376,11 @@ impl Store {
                 "one pending recommendation per workload",
                 include_str!("../../migrations/0002_one_pending.sql"),
             ),
+            migration(
+                3,
+                "applied recommendations by workload",
+                include_str!("../../migrations/0003_applied_by_workload.sql"),
+            ),
         ]);
         // A binary older than the database (a rollback, an old pod during a rolling update)
         // keeps working: every migration so far only adds.
@@ -762,9 +767,10 @@ impl Store {
     ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.namespace, r.workload, r.to_replicas FROM recommendations r \
-             WHERE r.state = 'applied' AND r.updated_at = (SELECT MAX(x.updated_at) FROM recommendations x \
-             WHERE x.namespace = r.namespace AND x.workload = r.workload AND x.state = 'applied') \
-             ORDER BY r.id",
+             JOIN (SELECT namespace, workload, MAX(updated_at) AS newest FROM recommendations \
+                   WHERE state = 'applied' GROUP BY namespace, workload) l \
+             ON r.namespace = l.namespace AND r.workload = l.workload AND r.updated_at = l.newest \
+             WHERE r.state = 'applied' ORDER BY r.id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -787,12 +793,63 @@ impl Store {
     pub async fn lapsed(&self) -> Result<std::collections::HashSet<String>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.namespace, r.workload FROM recommendations r \
-             WHERE r.state IN ('expired', 'failed') AND r.created_at = (SELECT MAX(x.created_at) \
-             FROM recommendations x WHERE x.namespace = r.namespace AND x.workload = r.workload)",
+             JOIN (SELECT namespace, workload, MAX(created_at) AS newest FROM recommendations \
+                   GROUP BY namespace, workload) l \
+             ON r.namespace = l.namespace AND r.workload = l.workload AND r.created_at = l.newest \
+             WHERE r.state IN ('expired', 'failed')",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(row_key).collect()
+    }
+
+    /// Deletes what `cutoff` (Unix seconds) makes old: recommendations that ended (applied,
+    /// rejected, expired, failed, superseded) and were last changed before it, and audit
+    /// entries from before it. Kept whatever their age: pending and approved ones, each
+    /// workload's newest recommendation (which says whether its last wish lapsed) and its
+    /// newest applied one (what KEDA is served after a restart). The prune itself is audited.
+    /// Returns (recommendations, audit entries) deleted.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn prune(&self, cutoff: Timestamp, now: Timestamp) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let recs = sqlx::query(
+            "DELETE FROM recommendations WHERE updated_at < $1 \
+             AND state IN ('applied', 'rejected', 'expired', 'failed', 'superseded') \
+             AND EXISTS (SELECT 1 FROM recommendations n WHERE n.namespace = recommendations.namespace \
+                 AND n.workload = recommendations.workload AND n.created_at > recommendations.created_at) \
+             AND (state <> 'applied' OR EXISTS (SELECT 1 FROM recommendations n \
+                 WHERE n.namespace = recommendations.namespace AND n.workload = recommendations.workload \
+                 AND n.state = 'applied' AND n.updated_at > recommendations.updated_at))",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let entries = sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if recs > 0 || entries > 0 {
+            let detail = serde_json::json!({
+                "before": cutoff,
+                "recommendations": recs,
+                "audit_entries": entries,
+            });
+            audit(
+                &mut tx,
+                now,
+                "prescale",
+                "prune",
+                "store",
+                &detail.to_string(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((recs, entries))
     }
 
     /// The audit log, newest first; only entries about `target` when given.

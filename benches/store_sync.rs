@@ -1,0 +1,144 @@
+//! The review store's per-loop reads (`all_last_applied` and `lapsed`, run by every loop to
+//! mirror the store) on a SQLite file with a long history of ended recommendations: the
+//! previous queries against the current ones, and after `prune` has applied a 90-day
+//! retention.
+//!
+//! `cargo bench --bench store_sync -- [WORKLOADS] [ROWS_PER_WORKLOAD]` (default 1000 200; the
+//! previous queries run only up to 20,000 rows).
+
+use std::io::Write;
+use std::time::Instant;
+
+use prescale::store::Store;
+use sqlx::Connection;
+
+const DAY: i64 = 86_400;
+
+/// Median seconds of one loop's two reads, over `runs` runs.
+async fn reads(store: &Store, runs: usize) -> anyhow::Result<f64> {
+    let mut secs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let applied = store.all_last_applied().await?;
+        let lapsed = store.lapsed().await?;
+        secs.push(t.elapsed().as_secs_f64());
+        std::hint::black_box((applied, lapsed));
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok(secs[runs / 2])
+}
+
+/// Median seconds of the two reads as the previous version wrote them.
+async fn old_reads(conn: &mut sqlx::SqliteConnection, runs: usize) -> anyhow::Result<f64> {
+    let mut secs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let a = sqlx::query(
+            "SELECT r.namespace, r.workload, r.to_replicas FROM recommendations r \
+             WHERE r.state = 'applied' AND r.updated_at = (SELECT MAX(x.updated_at) FROM recommendations x \
+             WHERE x.namespace = r.namespace AND x.workload = r.workload AND x.state = 'applied') \
+             ORDER BY r.id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let l = sqlx::query(
+            "SELECT r.namespace, r.workload FROM recommendations r \
+             WHERE r.state IN ('expired', 'failed') AND r.created_at = (SELECT MAX(x.created_at) \
+             FROM recommendations x WHERE x.namespace = r.namespace AND x.workload = r.workload)",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        secs.push(t.elapsed().as_secs_f64());
+        std::hint::black_box((a.len(), l.len()));
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok(secs[runs / 2])
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let workloads = args.first().copied().unwrap_or(1000);
+    let per = args.get(1).copied().unwrap_or(200);
+    let mut out = std::io::stdout().lock();
+    let dir = tempfile::tempdir()?;
+    let url = Store::sqlite_url(dir.path());
+    let store = Store::open(&url).await?;
+    let now = 1_800_000_000_i64;
+    // Each workload: `per` changes spread over 300 days, alternately applied and expired
+    // (superseded and failed ones cost the same to skip), the newest last.
+    let mut raw = sqlx::SqliteConnection::connect(&url).await?;
+    let t = Instant::now();
+    let mut tx = raw.begin().await?;
+    for w in 0..workloads {
+        for k in 0..per {
+            let at = now - 300 * DAY + (k as i64 * 300 * DAY) / per as i64;
+            let state = if k % 2 == 0 { "applied" } else { "expired" };
+            sqlx::query(
+                "INSERT INTO recommendations (id, namespace, workload, from_replicas, to_replicas, \
+                 created_at, valid_until, state, reason, updated_at) \
+                 VALUES ($1, 'bench', $2, 3, $3, $4, $5, $6, '{}', $4)",
+            )
+            .bind(format!("{w:06}-{k:06}"))
+            .bind(format!("w{w}"))
+            .bind(1 + (k % 20) as i64)
+            .bind(at)
+            .bind(at + 600)
+            .bind(state)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    let rows = workloads * per;
+    writeln!(
+        out,
+        "store_sync: {workloads} workloads x {per} ended recommendations = {rows} rows (filled in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    )?;
+    let runs = 5;
+    let current = reads(&store, runs).await?;
+    // The previous version (its queries, a correlated MAX per row, and no index of migration
+    // 3) is quadratic in the rows of a workload: measured only on small tables.
+    let before = if rows <= 20_000 {
+        sqlx::query("DROP INDEX recommendations_applied")
+            .execute(&mut raw)
+            .await?;
+        let b = old_reads(&mut raw, runs).await?;
+        sqlx::query(
+            "CREATE INDEX recommendations_applied ON recommendations (namespace, workload, state, updated_at)",
+        )
+        .execute(&mut raw)
+        .await?;
+        Some(b)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let (pruned, _) = store.prune(now - 90 * DAY, now).await?;
+    let prune_secs = t.elapsed().as_secs_f64();
+    let after = reads(&store, runs).await?;
+    writeln!(out, "per-loop reads, median of {runs}:")?;
+    match before {
+        Some(b) => writeln!(
+            out,
+            "  previous queries:              {b:.3} s ({:.0}x the current ones)",
+            b / current
+        )?,
+        None => writeln!(
+            out,
+            "  previous queries:              not run (over 20,000 rows)"
+        )?,
+    }
+    writeln!(out, "  current queries:               {current:.3} s")?;
+    writeln!(
+        out,
+        "  current, after a 90-day prune: {after:.3} s ({:.2}x; {pruned} rows deleted in {prune_secs:.1} s, {} left)",
+        after / current,
+        rows as u64 - pruned
+    )?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+-- The hourly prune keeps each workload's newest applied recommendation: an index that finds
+-- it without visiting the workload's other rows (without it the prune is quadratic in them).
+CREATE INDEX recommendations_applied ON recommendations (namespace, workload, state, updated_at);
