@@ -319,6 +319,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(300);
 
 /// How often the review store is pruned of what `store.retention` made old.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Most recommendations (and most audit entries) deleted by one loop's prune: the first
+/// prune of a long history is spread over loops instead of holding the write lock for long.
+const PRUNE_BATCH: u32 = 10_000;
 
 /// Loops after its approval within which an approved recommendation must be applied (once
 /// past its `valid_until`); later it fails as expired.
@@ -784,10 +787,10 @@ impl Service {
             .collect::<Vec<()>>()
             .await;
         self.apply_approved(now).await;
-        self.prune_store(now).await;
         self.update_safety();
         self.publish_views();
         self.snapshot(false);
+        self.prune_store(now).await;
         // Off the loop: it is awaited only at shutdown (`save`).
         drop(self.snapshot_models(false));
         // The loop's fits freed their scratch; hand the pages back before the next one
@@ -1042,14 +1045,20 @@ impl Service {
         if last != i64::MIN && now - last < PRUNE_EVERY.as_secs() as i64 {
             return;
         }
-        self.last_prune.store(now, Ordering::SeqCst);
-        let cutoff = now - self.cfg.store.retention.as_secs() as i64;
-        match store.prune(cutoff, now).await {
-            Ok((recs, entries)) if recs + entries > 0 => {
-                tracing::info!(recs, entries, cutoff, "Pruned the review store");
+        let retention = i64::try_from(self.cfg.store.retention.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(retention);
+        match store.prune(cutoff, now, PRUNE_BATCH).await {
+            Ok((recs, entries)) => {
+                if recs + entries > 0 {
+                    tracing::info!(recs, entries, cutoff, "Pruned the review store");
+                }
+                // A full batch: more is due, next loop rather than next hour.
+                if recs < u64::from(PRUNE_BATCH) && entries < u64::from(PRUNE_BATCH) {
+                    self.last_prune.store(now, Ordering::SeqCst);
+                }
             }
-            Ok(_) => {}
             Err(e) => {
+                self.last_prune.store(now, Ordering::SeqCst);
                 tracing::warn!(error = %e, "Could not prune the review store");
                 count(&self.shared.metrics, "store", e.kind());
             }

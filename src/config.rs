@@ -158,7 +158,8 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// How long ended recommendations and audit entries are kept (checked hourly). Pending
     /// and approved recommendations, and each workload's newest and newest applied one, are
-    /// kept whatever their age. At least one day.
+    /// kept whatever their age; audit entries are not (who paused, pinned or added an override
+    /// still in force goes too once older than this). From 1 day to 100 years.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
 }
@@ -682,8 +683,10 @@ impl Config {
         if self.loop_.concurrency == 0 || self.loop_.concurrency > 1024 {
             return Err(invalid("loop.concurrency", "must be in 1..=1024"));
         }
-        if self.store.retention < Duration::from_secs(86_400) {
-            return Err(invalid("store.retention", "must be at least 1d"));
+        if self.store.retention < Duration::from_secs(86_400)
+            || self.store.retention > Duration::from_secs(100 * 365 * 86_400)
+        {
+            return Err(invalid("store.retention", "must be in 1d..=100y"));
         }
         let k = &self.keda;
         if k.stale_after.is_some_and(|d| d < self.loop_.interval) {

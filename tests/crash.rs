@@ -86,9 +86,9 @@ fn kill_9_loses_no_approval_and_applies_nothing_twice() {
     // Restart once more and let a few loops run: every approval is kept and applied once.
     let (_child, port, _) = start(data.path());
     std::thread::sleep(Duration::from_secs(3));
-    // An approval is kept until it is applied, or refused as stale: an older approval applied
-    // first (after a restart they go in the order they were made) moved the workload away
-    // from the replicas it was approved from, and a stale one is never forced.
+    // An approval is kept until it is applied, or refused as stale: another approval applied
+    // first (after a restart they go in the order of their approval times) moved the workload
+    // away from the replicas it was approved from, and a stale one is never forced.
     let stale = |rec: &serde_json::Value| {
         rec["state"] == "failed"
             && rec["outcome"]

@@ -807,31 +807,56 @@ impl Store {
     /// rejected, expired, failed, superseded) and were last changed before it, and audit
     /// entries from before it. Kept whatever their age: pending and approved ones, each
     /// workload's newest recommendation (which says whether its last wish lapsed) and its
-    /// newest applied one (what KEDA is served after a restart). The prune itself is audited.
-    /// Returns (recommendations, audit entries) deleted.
+    /// newest applied one (what KEDA is served after a restart). At most `batch` of each per
+    /// call, so the write lock is held briefly (call again while a batch comes back full). The
+    /// prune itself is audited. Returns (recommendations, audit entries) deleted; (0, 0)
+    /// without waiting when another replica on the same PostgreSQL is pruning.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn prune(&self, cutoff: Timestamp, now: Timestamp) -> Result<(u64, u64), StoreError> {
+    pub async fn prune(
+        &self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        batch: u32,
+    ) -> Result<(u64, u64), StoreError> {
         let mut tx = self.begin_write().await?;
+        // Several replicas on one PostgreSQL prune at the same hour: one is enough, and two
+        // identical DELETEs could deadlock on each other's rows.
+        if !self.sqlite {
+            let got: bool = sqlx::query("SELECT pg_try_advisory_xact_lock(7233051938)")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if !got {
+                tx.rollback().await?;
+                return Ok((0, 0));
+            }
+        }
         let recs = sqlx::query(
-            "DELETE FROM recommendations WHERE updated_at < $1 \
-             AND state IN ('applied', 'rejected', 'expired', 'failed', 'superseded') \
-             AND EXISTS (SELECT 1 FROM recommendations n WHERE n.namespace = recommendations.namespace \
-                 AND n.workload = recommendations.workload AND n.created_at > recommendations.created_at) \
-             AND (state <> 'applied' OR EXISTS (SELECT 1 FROM recommendations n \
-                 WHERE n.namespace = recommendations.namespace AND n.workload = recommendations.workload \
-                 AND n.state = 'applied' AND n.updated_at > recommendations.updated_at))",
+            "DELETE FROM recommendations WHERE id IN (SELECT r.id FROM recommendations r \
+             WHERE r.updated_at < $1 \
+             AND r.state IN ('applied', 'rejected', 'expired', 'failed', 'superseded') \
+             AND EXISTS (SELECT 1 FROM recommendations n WHERE n.namespace = r.namespace \
+                 AND n.workload = r.workload AND n.created_at > r.created_at) \
+             AND (r.state <> 'applied' OR EXISTS (SELECT 1 FROM recommendations n \
+                 WHERE n.namespace = r.namespace AND n.workload = r.workload \
+                 AND n.state = 'applied' AND n.updated_at > r.updated_at)) \
+             LIMIT $2)",
         )
         .bind(cutoff)
+        .bind(i64::from(batch))
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let entries = sqlx::query("DELETE FROM audit WHERE at < $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let entries = sqlx::query(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if recs > 0 || entries > 0 {
             let detail = serde_json::json!({
                 "before": cutoff,
