@@ -1041,8 +1041,9 @@ impl Service {
         let Some(store) = self.shared.store.get() else {
             return;
         };
+        // Saturating: the first loop's `last` is i64::MIN, so it prunes.
         let last = self.last_prune.load(Ordering::SeqCst);
-        if last != i64::MIN && now - last < PRUNE_EVERY.as_secs() as i64 {
+        if now.saturating_sub(last) < PRUNE_EVERY.as_secs() as i64 {
             return;
         }
         let retention = i64::try_from(self.cfg.store.retention.as_secs()).unwrap_or(i64::MAX);

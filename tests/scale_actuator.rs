@@ -1007,17 +1007,17 @@ mod service {
         config_with(api, data, &all)
     }
 
-    /// Plays `demo:0` from a trace that falls from 900 to 100; every other query fails.
-    struct Partial(TraceSource);
+    /// Plays `demo:0` from its trace; the other queries fail while the flag is set and play
+    /// the same trace otherwise.
+    struct Switchable(TraceSource, std::sync::atomic::AtomicBool);
 
     #[async_trait::async_trait]
-    impl MetricSource for Partial {
+    impl MetricSource for Switchable {
         async fn fetch(&self, q: &str, w: TimeWindow) -> Result<Vec<Sample>, CollectError> {
-            if q == "demo:0" {
-                self.0.fetch(q, w).await
-            } else {
-                Err(CollectError::Empty)
+            if q != "demo:0" && self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(CollectError::Empty);
             }
+            self.0.fetch("demo:0", w).await
         }
     }
 
@@ -1028,7 +1028,10 @@ mod service {
         let addr = fake_api(world.clone()).await;
         let data = tempfile::tempdir().unwrap();
         let cfg = three_workloads(addr, data.path(), "mode: auto, actuator: scale");
-        let source = Arc::new(Partial(TraceSource::new(&falling(600))));
+        let source = Arc::new(Switchable(
+            TraceSource::new(&falling(600)),
+            std::sync::atomic::AtomicBool::new(true),
+        ));
         let svc = build(cfg, source, 0).await;
         for t in (480..=499).map(|i| i * STEP) {
             svc.run_once(t).await;
@@ -1052,20 +1055,6 @@ mod service {
                 .encode_text()
                 .contains("prescale_safe_to_act 0")
         );
-    }
-
-    /// Plays `demo:0` from a trace that falls from 900 to 100; the other queries fail while
-    /// `broken` is set and play the same trace otherwise.
-    struct Switchable(TraceSource, std::sync::atomic::AtomicBool);
-
-    #[async_trait::async_trait]
-    impl MetricSource for Switchable {
-        async fn fetch(&self, q: &str, w: TimeWindow) -> Result<Vec<Sample>, CollectError> {
-            if q != "demo:0" && self.1.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(CollectError::Empty);
-            }
-            self.0.fetch("demo:0", w).await
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
