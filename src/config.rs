@@ -934,6 +934,10 @@ workloads:
                 format!("{GOOD}store:\n  retention: 2h\n"),
                 "store.retention",
             ),
+            (
+                format!("{GOOD}store:\n  retention: 200y\n"),
+                "store.retention",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(&text).unwrap_err();

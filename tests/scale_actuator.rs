@@ -1131,6 +1131,56 @@ mod service {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loop_prunes_the_store_hourly() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let world = world_with(3);
+        let addr = fake_api(world.clone()).await;
+        let data = tempfile::tempdir().unwrap();
+        let svc = build(config(addr, data.path()), Arc::new(Down), 0).await;
+        let store = Store::open(&Store::sqlite_url(data.path())).await.unwrap();
+        svc.attach_store(store.clone()).await.unwrap();
+        // Applied changes of shop/other, 200 and 199 days before the loop's clock (the default
+        // retention is 90 days): the older one goes, the newest applied one stays.
+        let old = |days: i64, to: u32| prescale::store::Recommendation {
+            id: prescale::store::new_id(),
+            namespace: "shop".into(),
+            workload: "other".into(),
+            from_replicas: 3,
+            to_replicas: to,
+            created_at: 500 * STEP - days * 86_400,
+            valid_until: 500 * STEP - days * 86_400 + 600,
+            state: RecState::Applied,
+            reason: prescale::store::RecommendationReason {
+                term: "forecast".into(),
+                forecast_peak: 0.0,
+                forecast_peak_at: None,
+                quantile: 0.9,
+                lead_seconds: 180,
+                model: "linear".into(),
+                from_known: true,
+            },
+            decided_by: None,
+            decided_at: None,
+            comment: None,
+            outcome: None,
+        };
+        let (a, b, c) = (old(200, 4), old(199, 5), old(198, 6));
+        for r in [&a, &b] {
+            assert!(store.create(r, "prescale").await.unwrap());
+        }
+        svc.run_once(500 * STEP).await;
+        assert!(store.get(&a.id).await.is_err(), "pruned at the first loop");
+        assert_eq!(store.get(&b.id).await.unwrap().to_replicas, 5);
+        // An hour of loop time passes before the next prune.
+        assert!(store.create(&c, "prescale").await.unwrap());
+        svc.run_once(501 * STEP).await;
+        assert!(store.get(&b.id).await.is_ok(), "not again within the hour");
+        svc.run_once(560 * STEP).await;
+        assert!(store.get(&b.id).await.is_err(), "pruned an hour later");
+        assert_eq!(store.all_last_applied().await.unwrap()["shop/other"], 6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_start_reads_before_it_lowers() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         // 15 replicas run; demand needs about 2. The first decision is made without knowing
