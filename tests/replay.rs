@@ -131,6 +131,111 @@ fn missing_demand_never_lowers_replicas_in_replay() {
     }
 }
 
+/// Unusual but valid traces: all zero, constant, shorter than any season, hourly and
+/// ten-second cadences, demand far below one replica or above `max_replicas`. Each replays
+/// without error, keeps every decision within the bounds, the oracle covers every row
+/// exactly, and where demand is trivial to foresee the predictive policy serves all of it.
+#[test]
+fn unusual_traces_replay_within_bounds() {
+    let wave =
+        |i: usize, period: f64| 100.0 + 50.0 * (std::f64::consts::TAU * i as f64 / period).sin();
+    let cases: Vec<(&str, i64, Vec<f64>, f64)> = vec![
+        ("zero", 60, vec![0.0; 600], 10.0),
+        ("constant", 60, vec![50.0; 600], 10.0),
+        (
+            "short",
+            60,
+            (0..40).map(|i| 10.0 + (i % 5) as f64).collect(),
+            3.0,
+        ),
+        (
+            "hourly",
+            3600,
+            (0..400).map(|i| wave(i, 24.0)).collect(),
+            10.0,
+        ),
+        (
+            "ten_seconds",
+            10,
+            (0..3000).map(|i| wave(i, 720.0)).collect(),
+            10.0,
+        ),
+        (
+            "tiny",
+            60,
+            (0..600).map(|i| 1e-9 * (1.0 + (i % 7) as f64)).collect(),
+            10.0,
+        ),
+        (
+            "above_max",
+            60,
+            (0..600).map(|i| 5000.0 + i as f64).collect(),
+            10.0,
+        ),
+    ];
+    for (name, step, values, capacity) in cases {
+        let trace = Trace {
+            path: PathBuf::from(format!("{name}.csv")),
+            timestamps: (0..values.len())
+                .map(|i| 1_700_000_000 + i as i64 * step)
+                .collect(),
+            values,
+        };
+        let mut cfg = config(capacity);
+        cfg.score_from_row = trace.len() / 5;
+        let result = replay(&trace, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (policy, rows) in &result.rows {
+            assert_eq!(rows.len(), trace.len(), "{name} {policy:?}");
+            if *policy == PolicyName::Oracle {
+                for r in rows {
+                    assert!(
+                        f64::from(r.ready_replicas) * capacity >= r.demand,
+                        "{name}: the oracle leaves {} of {} unserved",
+                        r.demand - f64::from(r.ready_replicas) * capacity,
+                        r.demand
+                    );
+                }
+                continue;
+            }
+            for r in rows {
+                assert!(
+                    (cfg.min_replicas..=cfg.max_replicas).contains(&r.desired_replicas),
+                    "{name} {policy:?}: {} outside the bounds",
+                    r.desired_replicas
+                );
+            }
+        }
+        let s = &result.summary.policies;
+        let pred = &s["predictive"];
+        match name {
+            "zero" => {
+                assert!(
+                    desired(&result, PolicyName::Predictive)
+                        .iter()
+                        .all(|&d| d == 1)
+                );
+            }
+            "constant" | "tiny" => {
+                assert_eq!(pred.unserved_fraction, 0.0, "{name}: {pred:?}");
+                assert!(
+                    pred.replica_hours <= s["hpa"].replica_hours,
+                    "{name}: {pred:?}"
+                );
+            }
+            // Too short to fit anything: reactive scaling, nothing left unserved.
+            "short" => assert_eq!(pred.unserved_fraction, 0.0, "{name}: {pred:?}"),
+            "above_max" => {
+                assert!(
+                    desired(&result, PolicyName::Predictive)[1..]
+                        .iter()
+                        .all(|&d| d == 100)
+                );
+            }
+            _ => assert!(pred.unserved_fraction < 0.01, "{name}: {pred:?}"),
+        }
+    }
+}
+
 fn prescale(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_prescale"))
         .args(args)

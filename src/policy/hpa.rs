@@ -178,6 +178,18 @@ pub(crate) fn ceil_u32(x: f64) -> u32 {
     }
 }
 
+/// The fewest replicas of `per_replica` capacity whose sum covers `amount`. Unlike
+/// [`ceil_u32`] it never lands one short: the replay scores `amount - n × per_replica` to the
+/// last bit, so a ratio a hair above an integer needs the next replica.
+pub(crate) fn replicas_for(amount: f64, per_replica: f64) -> u32 {
+    let n = ceil_u32(amount / per_replica);
+    if n < u32::MAX && f64::from(n) * per_replica < amount {
+        n + 1
+    } else {
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +286,17 @@ mod tests {
         assert_eq!(ceil_u32(3.01), 4);
         assert_eq!(ceil_u32(0.0), 0);
         assert_eq!(ceil_u32(f64::NAN), 0);
+        // 0.3 / 0.1 is 2.9999999999999996, 0.7 / 0.1 is 6.999999999999999; a share of a
+        // replica below the tolerance still needs one.
+        assert_eq!(replicas_for(0.3, 0.1), 3);
+        assert_eq!(replicas_for(0.7, 0.1), 7);
+        assert_eq!(replicas_for(1e-12, 10.0), 1);
+        assert_eq!(replicas_for(10.0 + 1e-12, 10.0), 2);
+        assert_eq!(replicas_for(0.0, 10.0), 0);
+        assert_eq!(replicas_for(f64::NAN, 10.0), 0);
+        for (amount, per) in [(3.0 * 0.1, 0.1), (20.0 * 1.7, 1.7), (1e12, 3.3)] {
+            let n = replicas_for(amount, per);
+            assert!(f64::from(n) * per >= amount && f64::from(n - 1) * per < amount);
+        }
     }
 }

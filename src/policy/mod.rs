@@ -38,7 +38,7 @@ pub trait ScalingPolicy: Send {
     fn recommend(&mut self, obs: &Observation<'_>) -> Decision;
 }
 
-/// Replicas needed for a demand-to-capacity ratio: `ceil`, tolerant of float noise.
-pub fn ceil_replicas(ratio: f64) -> u32 {
-    hpa::ceil_u32(ratio)
+/// The fewest replicas of `capacity` each that serve `demand` in full.
+pub fn replicas_for(demand: f64, capacity: f64) -> u32 {
+    hpa::replicas_for(demand, capacity)
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BAND_LEVELS, Decision, Forecast, Reason, Term, Timestamp};
 
-use super::hpa::ceil_u32;
+use super::hpa::replicas_for;
 use super::tuner::{Rung, Tuner};
 use super::{Observation, ScalingPolicy};
 
@@ -267,7 +267,7 @@ impl ScalingPolicy for PredictivePolicy {
         } else {
             cfg.floor_utilization
         };
-        let floor = ceil_u32(demand / (cfg.capacity * floor_utilization));
+        let floor = replicas_for(demand, cfg.capacity * floor_utilization);
         let peak = obs
             .forecast
             .and_then(|f| self.window_peak(f, obs.now, rung).map(|p| (f, p)));
@@ -282,7 +282,7 @@ impl ScalingPolicy for PredictivePolicy {
                     Some(Rung::Scaled(m)) => (BAND_LEVELS[BAND_LEVELS.len() - 1], m),
                     None => (f.quantile, 1.0),
                 };
-                let want = ceil_u32(upper / (cfg.capacity * cfg.target_utilization));
+                let want = replicas_for(upper, cfg.capacity * cfg.target_utilization);
                 if floor > want {
                     reason.term = Term::ReactiveFloor;
                     (floor, f.confident)
@@ -293,7 +293,7 @@ impl ScalingPolicy for PredictivePolicy {
             }
             None => {
                 reason.term = Term::Reactive;
-                let want = ceil_u32(demand / (cfg.capacity * cfg.reactive_utilization));
+                let want = replicas_for(demand, cfg.capacity * cfg.reactive_utilization);
                 // No forecast: HPA-like reactive scaling, scale-down stabilised below.
                 (want.max(floor), true)
             }

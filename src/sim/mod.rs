@@ -239,9 +239,7 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
         .values
         .iter()
         .skip(cfg.score_from_row)
-        .map(|d| {
-            f64::from(crate::policy::ceil_replicas(*d / cfg.capacity)) * cadence as f64 / 3600.0
-        })
+        .map(|d| f64::from(crate::policy::replicas_for(*d, cfg.capacity)) * cadence as f64 / 3600.0)
         .sum();
     let policies = rows
         .iter()
@@ -272,7 +270,7 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
 }
 
 fn initial_replicas(first_demand: f64, cfg: &ReplayConfig) -> u32 {
-    crate::policy::ceil_replicas(first_demand / cfg.capacity)
+    crate::policy::replicas_for(first_demand, cfg.capacity)
         .clamp(cfg.min_replicas, cfg.max_replicas)
 }
 
@@ -328,7 +326,7 @@ fn oracle_rows(trace: &Trace, capacity: f64) -> Vec<Row> {
         .iter()
         .zip(&trace.values)
         .map(|(&t, &d)| {
-            let r = crate::policy::ceil_replicas(d / capacity);
+            let r = crate::policy::replicas_for(d, capacity);
             Row {
                 timestamp: t,
                 demand: d,
