@@ -232,13 +232,17 @@ impl PredictivePolicy {
 
 impl ScalingPolicy for PredictivePolicy {
     fn recommend(&mut self, obs: &Observation<'_>) -> Decision {
-        let rung = match self.tuner.as_mut() {
+        // Until the shadow replays have scored enough decisions, no headroom has shown itself
+        // as reliable as the HPA on this workload: decide as the reactive policy does.
+        let (rung, tuned) = match self.tuner.as_mut() {
             Some(t) => {
                 t.step(obs);
-                t.choose()
+                let r = t.choose();
+                (r, r.is_some())
             }
-            None => self.fixed,
+            None => (self.fixed, true),
         };
+        let forecast = obs.forecast.filter(|_| tuned);
         let cfg = &self.cfg;
         let current = obs.current_replicas;
         let mut reason = Reason {
@@ -262,15 +266,13 @@ impl ScalingPolicy for PredictivePolicy {
         };
         // Right after a surprise the models lag the new level: keep HPA-like headroom on
         // current demand until they catch up.
-        let floor_utilization = if obs.forecast.is_some_and(|f| f.surprise) {
+        let floor_utilization = if forecast.is_some_and(|f| f.surprise) {
             cfg.floor_utilization.min(cfg.surprise_floor_utilization)
         } else {
             cfg.floor_utilization
         };
         let floor = replicas_for(demand, cfg.capacity * floor_utilization);
-        let peak = obs
-            .forecast
-            .and_then(|f| self.window_peak(f, obs.now, rung).map(|p| (f, p)));
+        let peak = forecast.and_then(|f| self.window_peak(f, obs.now, rung).map(|p| (f, p)));
         let (raw, confident) = match peak {
             Some((f, (upper, point, at))) => {
                 reason.forecast_peak = upper;
@@ -451,6 +453,30 @@ mod tests {
         assert_eq!(d.reason.forecast_peak, 95.0);
         assert_eq!(d.reason.forecast_peak_at, Some(180));
         assert_eq!(d.reason.lead_seconds, 180);
+    }
+
+    #[test]
+    fn hpa_parity_reacts_until_its_shadows_have_scored_enough_decisions() {
+        // A forecast band far above demand (as persistence gives on intermittent demand):
+        // it must not be provisioned for before the shadow replays have judged it.
+        let mut p = PredictivePolicy::new(PolicyConfig::new(10.0, 1, 200, 120, 60)).unwrap();
+        let mut current = 15;
+        for i in 0..super::super::tuner::MIN_ROWS + 5 {
+            let f = forecast(i as i64 * 60, 100.0, 1000.0);
+            let d = p.recommend(&Observation {
+                now: i as i64 * 60,
+                ..obs(Some(&f), Some(100.0), current)
+            });
+            if i + 1 < super::super::tuner::MIN_ROWS {
+                // 100 at 70% of capacity 10, as the HPA would.
+                assert_eq!(d.reason.term, Term::Reactive, "row {i}");
+                assert_eq!(d.desired_replicas, 15, "row {i}");
+            } else {
+                assert_eq!(d.reason.term, Term::Forecast, "row {i}");
+            }
+            current = d.desired_replicas;
+        }
+        assert_eq!(current, 100);
     }
 
     #[test]

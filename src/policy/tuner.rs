@@ -24,7 +24,7 @@ const COST_SHARE: f64 = 0.97;
 /// ...and leave at most this share of its unserved demand.
 const RELIABILITY_SHARE: f64 = 0.5;
 /// Decisions scored before the tuner chooses (until then: the calibrated quantile).
-const MIN_ROWS: usize = 288;
+pub(super) const MIN_ROWS: usize = 288;
 
 fn rungs() -> Vec<Rung> {
     (0..BAND_LEVELS.len())
