@@ -1236,8 +1236,20 @@ impl Runtime {
                     // The tail of a backfill is replayed step by step, so the online backtest
                     // and the calibration are warm when the first live forecast is made
                     // (older history only feeds the fits).
-                    if i + 1 < n && n - i <= self.replay_steps {
-                        let _ = self.engine.forecast(self.lead_steps);
+                    // The headroom tuner's shadows replay it too, so that the first live
+                    // decision need not wait hours for them to judge the forecast's bands.
+                    if i + 1 < n
+                        && n - i <= self.replay_steps
+                        && let Ok(f) = self.engine.forecast(self.lead_steps)
+                    {
+                        let current = self.current.unwrap_or(self.cfg.min_replicas.max(1));
+                        self.policy.warm(&Observation {
+                            now: s.at,
+                            demand: Some(s.value),
+                            current_replicas: current,
+                            ready_replicas: current,
+                            forecast: Some(&f),
+                        });
                     }
                     self.last_sample = Some(s.at);
                     self.view.demand = Some(s.value);

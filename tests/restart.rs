@@ -160,3 +160,17 @@ async fn a_damaged_or_stale_state_means_a_cold_start() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_warms_the_headroom_tuner_from_the_backfill() {
+    let data = tempfile::tempdir().unwrap();
+    let t0 = trace().timestamps[0] + 7 * 86_400;
+    let (svc, _) = service(data.path(), t0);
+    svc.run_once(t0).await;
+    let v = svc.shared().views.read().unwrap()["shop/web"].clone();
+    assert!(v.forecast.is_some(), "no forecast after a 7-day backfill");
+    // The shadows replayed the backfill's last two days, so the first live decision already
+    // provisions for a judged headroom rather than reacting while they learn.
+    let term = v.term.unwrap();
+    assert_ne!(term, "reactive", "the tuner was not warmed by the backfill");
+}

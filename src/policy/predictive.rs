@@ -230,6 +230,17 @@ impl PredictivePolicy {
     }
 }
 
+impl PredictivePolicy {
+    /// Lets the headroom tuner's shadow replays score a past step (the tail of a backfill,
+    /// replayed at a cold start), so that it can choose from the first live decision. The
+    /// policy's own decisions and stabilisation window are not touched.
+    pub fn warm(&mut self, obs: &Observation<'_>) {
+        if let Some(t) = self.tuner.as_mut() {
+            t.step(obs);
+        }
+    }
+}
+
 impl ScalingPolicy for PredictivePolicy {
     fn recommend(&mut self, obs: &Observation<'_>) -> Decision {
         // Until the shadow replays have scored enough decisions, no headroom has shown itself
