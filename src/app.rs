@@ -1223,6 +1223,7 @@ impl Runtime {
         safe_to_act: bool,
     ) -> Step {
         let w = self.labels.clone();
+        let current = self.current.unwrap_or(self.cfg.min_replicas.max(1));
         let demand = match fetched {
             Ok(samples) => {
                 let n = samples.len();
@@ -1242,7 +1243,6 @@ impl Runtime {
                         && n - i <= self.replay_steps
                         && let Ok(f) = self.engine.forecast(self.lead_steps)
                     {
-                        let current = self.current.unwrap_or(self.cfg.min_replicas.max(1));
                         self.policy.warm(&Observation {
                             now: s.at,
                             demand: Some(s.value),
@@ -1282,7 +1282,6 @@ impl Runtime {
         } else {
             None
         };
-        let current = self.current.unwrap_or(self.cfg.min_replicas.max(1));
         let decision: Decision = self.policy.recommend(&Observation {
             now,
             demand,

@@ -196,6 +196,15 @@ impl PredictivePolicy {
         &self.cfg
     }
 
+    /// Lets the headroom tuner's shadow replays score a past step (the tail of a backfill,
+    /// replayed at a cold start), so that it can choose from the first live decision. The
+    /// policy's own decisions and stabilisation window are not touched.
+    pub fn warm(&mut self, obs: &Observation<'_>) {
+        if let Some(t) = self.tuner.as_mut() {
+            t.step(obs);
+        }
+    }
+
     /// The highest provisioned (and point) demand over the lead window for `rung`, or for the
     /// forecast's calibrated upper quantile when `rung` is `None`.
     fn window_peak(
@@ -227,17 +236,6 @@ impl PredictivePolicy {
             };
         }
         best
-    }
-}
-
-impl PredictivePolicy {
-    /// Lets the headroom tuner's shadow replays score a past step (the tail of a backfill,
-    /// replayed at a cold start), so that it can choose from the first live decision. The
-    /// policy's own decisions and stabilisation window are not touched.
-    pub fn warm(&mut self, obs: &Observation<'_>) {
-        if let Some(t) = self.tuner.as_mut() {
-            t.step(obs);
-        }
     }
 }
 

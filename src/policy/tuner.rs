@@ -23,7 +23,7 @@ const SCALES: [f64; 4] = [1.1, 1.2, 1.35, 1.5];
 const COST_SHARE: f64 = 0.97;
 /// ...and leave at most this share of its unserved demand.
 const RELIABILITY_SHARE: f64 = 0.5;
-/// Decisions scored before the tuner chooses (until then: the calibrated quantile).
+/// Decisions scored before the tuner chooses (until then the policy reacts to current demand).
 pub(super) const MIN_ROWS: usize = 288;
 
 fn rungs() -> Vec<Rung> {
@@ -148,8 +148,8 @@ impl Tuner {
 
     /// The cheapest rung that cost less than the HPA and left clearly less demand unserved
     /// over the window; failing that, the affordable rung that left the least unserved; when
-    /// none was affordable, the cheapest. `None` (the calibrated quantile) until enough
-    /// decisions were scored.
+    /// none was affordable, the cheapest. `None` until enough decisions were scored (the
+    /// policy then reacts to current demand).
     pub(super) fn choose(&self) -> Option<Rung> {
         if self.hpa.window.count() < MIN_ROWS.min(self.cap) {
             return None;
