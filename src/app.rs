@@ -332,7 +332,8 @@ const APPLY_GRACE_STEPS: i64 = 3;
 const MODELS_EVERY: Duration = Duration::from_secs(900);
 
 /// Format of `models.bin`; a file of another format is not read (workloads start cold).
-const MODELS_FORMAT: u32 = 3;
+/// 4: each entry holds the policy's state too (stabilisation, headroom tuner).
+const MODELS_FORMAT: u32 = 4;
 
 /// How `models.bin` is encoded (bincode, fixed-width integers), written and read alike.
 fn models_codec() -> impl bincode::Options + Copy {
@@ -341,6 +342,13 @@ fn models_codec() -> impl bincode::Options + Copy {
         .with_fixint_encoding()
         .allow_trailing_bytes()
 }
+
+/// One workload's entry in `models.bin`.
+type ModelsEntry = (
+    String,
+    crate::forecast::EngineState,
+    crate::policy::PolicyState,
+);
 
 /// Clears a flag when dropped.
 struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
@@ -351,7 +359,8 @@ impl Drop for ClearOnDrop {
     }
 }
 
-/// The head of `models.bin`: then `count` entries of (`namespace/name`, state).
+/// The head of `models.bin`: then `count` entries of (`namespace/name`, forecasting state,
+/// policy state).
 #[derive(Serialize, Deserialize)]
 struct ModelsHeader {
     format: u32,
@@ -611,7 +620,7 @@ impl Service {
         let now = self.timeline.peek();
         let history = self.cfg.loop_.history.as_secs() as i64;
         for _ in 0..header.count {
-            let (key, state): (String, crate::forecast::EngineState) = codec()
+            let (key, state, policy): ModelsEntry = codec()
                 .deserialize_from(&mut r)
                 .with_context(|| format!("{}", path.display()))?;
             let Some(rt) = self.runtime(&key) else {
@@ -632,6 +641,11 @@ impl Service {
                 Ok(()) => {
                     rt.last_sample = rt.engine.last_sample();
                     *n += 1;
+                    // A policy state that does not fit leaves the policy fresh: it reacts
+                    // until its headroom tuner has scored enough decisions again.
+                    if let Err(e) = rt.policy.restore(policy) {
+                        tracing::warn!(workload = %key, error = %e, "Policy starts fresh");
+                    }
                 }
                 Err(e) => tracing::warn!(workload = %key, error = %e, "Starting cold"),
             }
@@ -1099,7 +1113,7 @@ impl Service {
             let Ok(r) = rt.lock() else {
                 anyhow::bail!("a workload's lock was poisoned while writing");
             };
-            let entry = (r.cfg.key(), r.engine.state());
+            let entry: ModelsEntry = (r.cfg.key(), r.engine.state(), r.policy.state());
             drop(r);
             codec.serialize_into(&mut w, &entry)?;
             n += 1;

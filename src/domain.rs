@@ -202,76 +202,57 @@ impl<const N: usize> SlidingSums<N> {
 
     /// Everything, as plain data (for snapshots).
     pub fn to_saved(&self) -> SavedSums {
-        let last = self.buckets.len().saturating_sub(1);
         SavedSums {
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let n = if i == last {
-                        self.open
-                    } else {
-                        self.per_bucket
-                    };
-                    (v.iter().map(|&x| f64::from(x)).collect(), n)
-                })
-                .collect(),
+            sums: self.buckets.iter().flatten().copied().collect(),
+            open: self.open,
             per_bucket: self.per_bucket,
             max_buckets: self.max_buckets,
             totals: self.totals.to_vec(),
-            count: self.count(),
         }
     }
 
     /// The sums saved by [`SlidingSums::to_saved`], for a window shaped like `like`; `None`
-    /// when they have another width or shape, or do not add up.
+    /// when they have another width or shape, or are not finite.
     pub fn from_saved(s: SavedSums, like: &Self) -> Option<Self> {
+        let n_buckets = s.sums.len() / N.max(1);
         if s.per_bucket != like.per_bucket
             || s.max_buckets != like.max_buckets
-            || s.buckets.len() > like.max_buckets
+            || s.sums.len() != n_buckets * N
+            || n_buckets > like.max_buckets
+            // The newest bucket holds 1..=per_bucket pushes; an empty window, none.
+            || (n_buckets == 0) != (s.open == 0)
+            || s.open > like.per_bucket
+            || s.sums.iter().any(|x| !x.is_finite())
         {
             return None;
         }
-        let mut buckets = std::collections::VecDeque::with_capacity(like.max_buckets + 1);
-        let mut count = 0_usize;
-        let last = s.buckets.len().saturating_sub(1);
-        let mut open = 0;
-        for (i, (v, n)) in s.buckets.into_iter().enumerate() {
-            // Every bucket but the newest is full.
-            let full = n == like.per_bucket;
-            if n == 0 || n > like.per_bucket || (i < last && !full) {
-                return None;
-            }
-            count += n as usize;
-            open = n;
-            let v = <[f64; N]>::try_from(v).ok()?;
-            if v.iter().any(|x| !x.is_finite()) {
-                return None;
-            }
-            buckets.push_back(v.map(|x| x as f32));
-        }
-        if count != s.count {
+        let totals = <[f64; N]>::try_from(s.totals).ok()?;
+        if totals.iter().any(|x| !x.is_finite()) {
             return None;
+        }
+        let mut buckets = std::collections::VecDeque::with_capacity(like.max_buckets + 1);
+        for chunk in s.sums.chunks_exact(N.max(1)) {
+            buckets.push_back(<[f32; N]>::try_from(chunk).ok()?);
         }
         Some(Self {
             buckets,
-            open,
+            open: s.open,
             per_bucket: like.per_bucket,
             max_buckets: like.max_buckets,
-            totals: <[f64; N]>::try_from(s.totals).ok()?,
+            totals,
         })
     }
 }
 
-/// [`SlidingSums`] as plain data.
+/// [`SlidingSums`] as plain data: the buckets' sums end to end (every bucket but the newest
+/// is full, so no counts), a few bytes per bucket in `models.bin`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct SavedSums {
-    buckets: Vec<(Vec<f64>, u32)>,
+    sums: Vec<f32>,
+    open: u32,
     per_bucket: u32,
     max_buckets: usize,
     totals: Vec<f64>,
-    count: usize,
 }
 
 #[cfg(test)]
@@ -321,18 +302,35 @@ mod tests {
     }
 
     #[test]
-    fn saved_sums_with_a_part_filled_older_bucket_are_refused() {
-        let mut s = SlidingSums::<1>::new(640);
+    fn saved_sums_that_do_not_fit_the_window_are_refused() {
+        let mut s = SlidingSums::<2>::new(640);
         for _ in 0..35 {
-            s.push([1.0]);
+            s.push([1.0, 2.0]);
         }
-        let like = SlidingSums::<1>::new(640);
-        let mut saved = s.to_saved();
+        let like = SlidingSums::<2>::new(640);
+        let saved = s.to_saved();
         assert_eq!(SlidingSums::from_saved(saved.clone(), &like), Some(s));
-        // Only the newest bucket may be part-filled: an older one that is not does not fit
-        // how the window counts.
-        saved.buckets[0].1 -= 1;
-        saved.count -= 1;
-        assert!(SlidingSums::from_saved(saved, &like).is_none());
+        assert_eq!(
+            SlidingSums::from_saved(SlidingSums::<2>::new(640).to_saved(), &like),
+            Some(SlidingSums::new(640)),
+            "an empty window"
+        );
+        type Damage = fn(&mut SavedSums);
+        let cases: [(&str, Damage); 5] = [
+            ("half a bucket", |s| {
+                s.sums.pop();
+            }),
+            ("newest bucket empty", |s| s.open = 0),
+            ("newest bucket overfull", |s| s.open = s.per_bucket + 1),
+            ("not finite", |s| s.sums[0] = f32::NAN),
+            ("totals of another width", |s| {
+                s.totals.pop();
+            }),
+        ];
+        for (what, damage) in cases {
+            let mut bad = saved.clone();
+            damage(&mut bad);
+            assert!(SlidingSums::from_saved(bad, &like).is_none(), "{what}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! A restart goes on from where the service stopped: the forecasting state written at
 //! shutdown is restored, only the samples since are fetched, and the forecasts are those of
-//! a service that never stopped. A damaged state file costs a cold start, never the start.
+//! a service that never stopped, as are its decisions. A damaged state file costs a cold
+//! start, never the start.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -67,6 +68,12 @@ fn forecast(svc: &Service) -> (Vec<f32>, Vec<f32>, Option<String>) {
     (f.point.clone(), f.upper.clone(), v.model)
 }
 
+/// The decision and the term that set it.
+fn decision(svc: &Service) -> (Option<u32>, Option<String>) {
+    let v = svc.shared().views.read().unwrap()["shop/web"].clone();
+    (v.desired_replicas, v.term)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_goes_on_from_the_saved_state() {
     let data = tempfile::tempdir().unwrap();
@@ -93,6 +100,10 @@ async fn a_restart_goes_on_from_the_saved_state() {
         a.run_once(t).await;
         b.run_once(t).await;
         assert_eq!(forecast(&a), forecast(&b), "loop {k} after the restart");
+        // The policy goes on too: its headroom tuner's shadows were saved, so the restarted
+        // service does not react for hours while they score decisions again.
+        assert_eq!(decision(&a), decision(&b), "decision {k} after the restart");
+        assert_ne!(decision(&b).1.as_deref(), Some("reactive"), "loop {k}");
         t += STEP;
     }
     // Nothing was backfilled: the first fetch starts right after the last sample saved.

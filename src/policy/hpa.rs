@@ -9,6 +9,13 @@ use crate::domain::{Decision, Reason, Term, Timestamp};
 
 use super::{Observation, ScalingPolicy};
 
+/// What an [`HpaPolicy`] remembers between syncs, as plain data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct HpaMemory {
+    recommendations: Vec<(u32, Timestamp)>,
+    seeded: bool,
+}
+
 /// HPA settings; defaults are the controller-manager's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HpaConfig {
@@ -63,6 +70,20 @@ impl HpaPolicy {
             seeded: false,
             period: period.max(1),
         }
+    }
+
+    /// The controller's stabilisation memory, for a saved state.
+    pub(super) fn memory(&self) -> HpaMemory {
+        HpaMemory {
+            recommendations: self.recommendations.clone(),
+            seeded: self.seeded,
+        }
+    }
+
+    /// Takes up a memory saved by [`HpaPolicy::memory`].
+    pub(super) fn restore_memory(&mut self, m: HpaMemory) {
+        self.recommendations = m.recommendations;
+        self.seeded = m.seeded;
     }
 
     fn within_tolerance(&self, ratio: f64) -> bool {

@@ -10,7 +10,9 @@ mod tuner;
 
 pub use hpa::{HpaConfig, HpaPolicy};
 pub use pods::{Pods, unserved};
-pub use predictive::{Headroom, PolicyConfig, PolicyConfigError, PredictivePolicy};
+pub use predictive::{
+    Headroom, PolicyConfig, PolicyConfigError, PolicyState, PolicyStateMismatch, PredictivePolicy,
+};
 
 use crate::domain::{Decision, Forecast, Timestamp};
 

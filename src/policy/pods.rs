@@ -25,6 +25,18 @@ impl Pods {
         Self { groups }
     }
 
+    /// The pods as (ready time, pods) groups, for a saved state.
+    pub(super) fn groups(&self) -> Vec<(Timestamp, u32)> {
+        self.groups.clone()
+    }
+
+    /// Pods saved by [`Pods::groups`]; `None` unless the ready times increase strictly and
+    /// every group holds a pod.
+    pub(super) fn from_groups(groups: Vec<(Timestamp, u32)>) -> Option<Self> {
+        let ordered = groups.windows(2).all(|w| w[0].0 < w[1].0);
+        (ordered && groups.iter().all(|g| g.1 > 0)).then_some(Self { groups })
+    }
+
     /// All pods, starting ones included.
     pub fn total(&self) -> u32 {
         self.ready_at(Timestamp::MAX)

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{BAND_LEVELS, Decision, Forecast, Reason, Term, Timestamp};
 
 use super::hpa::replicas_for;
-use super::tuner::{Rung, Tuner};
+use super::tuner::{Rung, Tuner, TunerState};
 use super::{Observation, ScalingPolicy};
 
 /// How much headroom above the point forecast the policy provisions for.
@@ -153,6 +153,22 @@ impl PolicyConfig {
     }
 }
 
+/// What a [`PredictivePolicy`] remembers between decisions, as plain data (for
+/// `models.bin`): its stabilisation window and the headroom tuner's shadow replays, so that
+/// a restarted service decides as one that never stopped, instead of reacting until the
+/// shadows have scored their decisions again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    recent: Vec<(Timestamp, u32)>,
+    /// Boxed: the tuner's state holds its shadows' states, of this type.
+    tuner: Option<Box<TunerState>>,
+}
+
+/// A saved [`PolicyState`] that does not fit the policy as configured now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("saved policy state does not fit: {0}")]
+pub struct PolicyStateMismatch(pub &'static str);
+
 /// The predictive policy for one workload.
 #[derive(Debug, Clone)]
 pub struct PredictivePolicy {
@@ -194,6 +210,33 @@ impl PredictivePolicy {
     /// The settings.
     pub fn config(&self) -> &PolicyConfig {
         &self.cfg
+    }
+
+    /// Everything the policy remembers, as plain data.
+    pub fn state(&self) -> PolicyState {
+        PolicyState {
+            recent: self.recent.iter().copied().collect(),
+            tuner: self.tuner.as_ref().map(|t| Box::new(t.state())),
+        }
+    }
+
+    /// Takes up a state saved by [`PredictivePolicy::state`]. A state from other settings
+    /// (headroom rule, tuning window) is refused and the policy is left as it was.
+    ///
+    /// # Errors
+    /// [`PolicyStateMismatch`] naming what changed.
+    pub fn restore(&mut self, s: PolicyState) -> Result<(), PolicyStateMismatch> {
+        let tuner = match (self.tuner.as_deref(), s.tuner) {
+            (Some(t), Some(saved)) => Some(Box::new(t.restored(*saved)?)),
+            (None, None) => None,
+            _ => return Err(PolicyStateMismatch("headroom rule changed")),
+        };
+        if !s.recent.windows(2).all(|w| w[0].0 <= w[1].0) {
+            return Err(PolicyStateMismatch("stabilisation window out of order"));
+        }
+        self.recent = s.recent.into();
+        self.tuner = tuner;
+        Ok(())
     }
 
     /// Lets the headroom tuner's shadow replays score a past step (the tail of a backfill,
@@ -486,6 +529,58 @@ mod tests {
             current = d.desired_replicas;
         }
         assert_eq!(current, 100);
+    }
+
+    #[test]
+    fn a_restored_state_decides_as_the_policy_that_never_stopped() {
+        let cfg = PolicyConfig::new(10.0, 1, 200, 120, 60);
+        let mut a = PredictivePolicy::new(cfg.clone()).unwrap();
+        let mut s = 11_u64;
+        let mut current = 5;
+        let step = |p: &mut PredictivePolicy, i: i64, s: &mut u64, current: u32| {
+            // Bursty demand, so shadows scale both ways and keep pods starting.
+            let demand = 50.0 + 150.0 * lcg(s).powi(3);
+            let f = forecast(i * 60, demand * 0.9, demand * 1.3);
+            p.recommend(&Observation {
+                now: i * 60,
+                ..obs(Some(&f), Some(demand), current)
+            })
+        };
+        for i in 0..400 {
+            current = step(&mut a, i, &mut s, current).desired_replicas;
+        }
+        let saved = a.state();
+        let mut b = PredictivePolicy::new(cfg.clone()).unwrap();
+        b.restore(saved.clone()).unwrap();
+        assert_eq!(b.state(), saved);
+        for i in 400..700 {
+            let mut s2 = s;
+            let da = step(&mut a, i, &mut s, current);
+            let db = step(&mut b, i, &mut s2, current);
+            assert_eq!(da, db, "decision {i}");
+            current = da.desired_replicas;
+        }
+        // Other settings refuse the state and leave the policy fresh.
+        let refused = |cfg: PolicyConfig, what: &str| {
+            let mut c = PredictivePolicy::new(cfg).unwrap();
+            let fresh = c.state();
+            assert!(c.restore(saved.clone()).is_err(), "{what}");
+            assert_eq!(c.state(), fresh, "{what}");
+        };
+        refused(
+            PolicyConfig {
+                headroom: Headroom::Quantile,
+                ..cfg.clone()
+            },
+            "another headroom rule",
+        );
+        refused(
+            PolicyConfig {
+                tuning_window_seconds: cfg.tuning_window_seconds * 2,
+                ..cfg
+            },
+            "another tuning window",
+        );
     }
 
     #[test]

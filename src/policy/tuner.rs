@@ -1,11 +1,15 @@
 //! The `hpa_parity` headroom rule: shadow replays of the policy at every headroom rung and of
 //! the HPA, on the workload's own demand, to pick the cheapest rung at least as reliable.
 
-use crate::domain::{BAND_LEVELS, SlidingSums};
+use serde::{Deserialize, Serialize};
 
-use super::hpa::{HpaConfig, HpaPolicy};
+use crate::domain::{BAND_LEVELS, SavedSums, SlidingSums, Timestamp};
+
+use super::hpa::{HpaConfig, HpaMemory, HpaPolicy};
 use super::pods::{Pods, unserved};
-use super::predictive::{Headroom, PolicyConfig, PredictivePolicy};
+use super::predictive::{
+    Headroom, PolicyConfig, PolicyState, PolicyStateMismatch, PredictivePolicy,
+};
 use super::{Observation, ScalingPolicy};
 
 /// A headroom rung: a forecast band, or the highest band scaled up.
@@ -66,6 +70,61 @@ impl Shadow {
     }
 }
 
+/// A shadow's memory as plain data: its policy's, its pods, its scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ShadowState {
+    policy: ShadowMemory,
+    pods: Option<Vec<(Timestamp, u32)>>,
+    window: SavedSums,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum ShadowMemory {
+    Predictive(PolicyState),
+    Hpa(HpaMemory),
+}
+
+impl Shadow {
+    fn state(&self) -> ShadowState {
+        ShadowState {
+            policy: match &self.policy {
+                ShadowPolicy::Predictive(p) => ShadowMemory::Predictive(p.state()),
+                ShadowPolicy::Hpa(h) => ShadowMemory::Hpa(h.memory()),
+            },
+            pods: self.pods.as_ref().map(Pods::groups),
+            window: self.window.to_saved(),
+        }
+    }
+
+    /// This shadow with a saved state taken up.
+    fn restored(&self, s: ShadowState) -> Result<Self, PolicyStateMismatch> {
+        let window = SlidingSums::from_saved(s.window, &self.window)
+            .ok_or(PolicyStateMismatch("tuning window changed"))?;
+        let pods = match s.pods {
+            Some(g) => Some(Pods::from_groups(g).ok_or(PolicyStateMismatch("shadow pods"))?),
+            None => None,
+        };
+        let mut policy = self.policy.clone();
+        match (&mut policy, s.policy) {
+            (ShadowPolicy::Predictive(p), ShadowMemory::Predictive(m)) => p.restore(m)?,
+            (ShadowPolicy::Hpa(h), ShadowMemory::Hpa(m)) => h.restore_memory(m),
+            _ => return Err(PolicyStateMismatch("shadow policies changed")),
+        }
+        Ok(Self {
+            policy,
+            pods,
+            window,
+        })
+    }
+}
+
+/// The tuner's shadows as plain data (see [`PolicyState`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct TunerState {
+    shadows: Vec<ShadowState>,
+    hpa: ShadowState,
+}
+
 /// Shadow replays and the choice they support.
 #[derive(Debug, Clone)]
 pub(super) struct Tuner {
@@ -111,6 +170,35 @@ impl Tuner {
             period: cfg.period_seconds,
             startup: cfg.startup_seconds,
         }
+    }
+
+    pub(super) fn state(&self) -> TunerState {
+        TunerState {
+            shadows: self.shadows.iter().map(Shadow::state).collect(),
+            hpa: self.hpa.state(),
+        }
+    }
+
+    /// This tuner with a saved state taken up.
+    pub(super) fn restored(&self, s: TunerState) -> Result<Self, PolicyStateMismatch> {
+        if s.shadows.len() != self.shadows.len() {
+            return Err(PolicyStateMismatch("headroom rungs changed"));
+        }
+        let shadows = self
+            .shadows
+            .iter()
+            .zip(s.shadows)
+            .map(|(shadow, saved)| shadow.restored(saved))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shadows,
+            hpa: self.hpa.restored(s.hpa)?,
+            rungs: self.rungs.clone(),
+            cap: self.cap,
+            capacity: self.capacity,
+            period: self.period,
+            startup: self.startup,
+        })
     }
 
     /// Scores the shadows' pods against the demand now, then lets each decide with what the
