@@ -146,6 +146,16 @@ pub struct ApiConfig {
     /// Largest `limit` of a listing (422 above).
     #[serde(default = "default_max_page_size")]
     pub max_page_size: u32,
+    /// Requests under `/` and `/api/v1` handled at once; one more is answered 503 with
+    /// `Retry-After` at once rather than queued. `/healthz`, `/readyz` and `/metrics` are
+    /// outside this limit. From 1 to 100000.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Longest a request under `/` and `/api/v1` may take, reading its body included
+    /// (503 beyond, so a client that trickles its body holds a slot no longer). From 1 s to
+    /// 10 min.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// The review store.
@@ -394,6 +404,12 @@ fn default_max_body_bytes() -> usize {
 fn default_max_page_size() -> u32 {
     200
 }
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_recommendation_ttl() -> Duration {
     Duration::from_secs(1800)
 }
@@ -445,6 +461,8 @@ impl Default for ApiConfig {
             anonymous_read: false,
             max_body_bytes: default_max_body_bytes(),
             max_page_size: default_max_page_size(),
+            max_in_flight: default_max_in_flight(),
+            request_timeout: default_request_timeout(),
         }
     }
 }
@@ -760,6 +778,13 @@ impl Config {
         if !(1..=10_000).contains(&self.api.max_page_size) {
             return Err(invalid("api.max_page_size", "must be in 1..=10000"));
         }
+        if !(1..=100_000).contains(&self.api.max_in_flight) {
+            return Err(invalid("api.max_in_flight", "must be in 1..=100000"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.api.request_timeout)
+        {
+            return Err(invalid("api.request_timeout", "must be from 1s to 10m"));
+        }
         if let Some(url) = &self.store.url
             && !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")
@@ -937,6 +962,14 @@ workloads:
             (
                 format!("{GOOD}store:\n  retention: 200y\n"),
                 "store.retention",
+            ),
+            (
+                format!("{GOOD}api:\n  max_in_flight: 0\n"),
+                "api.max_in_flight",
+            ),
+            (
+                format!("{GOOD}api:\n  request_timeout: 500ms\n"),
+                "api.request_timeout",
             ),
         ];
         for (text, needle) in cases {

@@ -396,6 +396,8 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
             tokens: tokens.with_anonymous_read(anonymous_read),
             max_body_bytes: cfg.api.max_body_bytes,
             max_page_size: cfg.api.max_page_size,
+            max_in_flight: cfg.api.max_in_flight,
+            request_timeout: cfg.api.request_timeout,
         };
         let service = Arc::new(Service::with_actuator(cfg, source, timeline, step, tick, actuator)?);
         let restored = service.restore()?;

@@ -134,11 +134,22 @@ impl Setup {
 }
 
 async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
-    setup_with(store_url, socket, Duration::from_secs(1)).await
+    setup_with(
+        store_url,
+        socket,
+        Duration::from_secs(1),
+        ApiSettings::default(),
+    )
+    .await
 }
 
 /// As [`setup`], with the loop's tick when it is run by `Service::run`.
-async fn setup_with(store_url: Option<&str>, socket: bool, tick: Duration) -> Setup {
+async fn setup_with(
+    store_url: Option<&str>,
+    socket: bool,
+    tick: Duration,
+    limits: ApiSettings,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let trace = common::nasa_fixture();
     let cap = trace.value_quantile(0.99) / 20.0;
@@ -175,6 +186,7 @@ async fn setup_with(store_url: Option<&str>, socket: bool, tick: Duration) -> Se
         tokens,
         max_body_bytes: 4096,
         max_page_size: 100,
+        ..limits
     };
     let router = router_with(service.shared(), settings);
     let client = if socket {
@@ -813,7 +825,13 @@ async fn an_approval_is_applied_at_once() {
         client,
         _dir,
         ..
-    } = setup_with(None, true, Duration::from_secs(3600)).await;
+    } = setup_with(
+        None,
+        true,
+        Duration::from_secs(3600),
+        ApiSettings::default(),
+    )
+    .await;
     let service = Arc::new(service);
     let token = tokio_util::sync::CancellationToken::new();
     let run = {
@@ -909,4 +927,65 @@ async fn an_expired_proposal_is_proposed_again() {
     assert_eq!(again.len(), 1, "proposed again after it expired");
     assert_eq!(again[0]["to_replicas"], 17);
     assert_ne!(again[0]["id"], first[0]["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup_with(
+        None,
+        true,
+        Duration::from_secs(1),
+        ApiSettings {
+            max_in_flight: 1,
+            request_timeout: Duration::from_secs(2),
+            ..ApiSettings::default()
+        },
+    )
+    .await;
+    let Client::Socket(base, http) = &s.client else {
+        unreachable!()
+    };
+    let addr = base.trim_start_matches("http://").to_string();
+    // A client that sends its headers and then trickles its body holds the one slot.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/workloads/shop/web/pin HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ADMIN}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth(VIEWER).send();
+    let shed = get("/api/v1/workloads").await.unwrap();
+    assert_eq!(
+        shed.status(),
+        503,
+        "a second request while the slot is held"
+    );
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert!(shed.text().await.unwrap().contains("too many requests"));
+    // Probes and scrapes are outside the limit.
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("prescale_errors_total{stage=\"api\",kind=\"overloaded\"} 1"),
+        "{metrics}"
+    );
+    // The trickling client is answered 503 at the timeout, and its slot is free again.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut answer))
+        .await
+        .expect("the trickling client was never answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("api.request_timeout"), "{answer}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    assert_eq!(get("/api/v1/workloads").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("prescale_errors_total{stage=\"api\",kind=\"timeout\"} 1"));
 }

@@ -8,6 +8,7 @@ pub mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -44,6 +45,10 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Largest page.
     pub max_page_size: u32,
+    /// Requests handled at once (beyond: 503 at once).
+    pub max_in_flight: usize,
+    /// Longest a request may take, its body included (beyond: 503).
+    pub request_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -52,6 +57,8 @@ impl Default for ApiSettings {
             tokens: Tokens::none(),
             max_body_bytes: 16 * 1024,
             max_page_size: 200,
+            max_in_flight: 256,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -97,16 +104,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// The router.
 pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
     let state = Arc::new(ApiState {
-        shared,
+        shared: shared.clone(),
         tokens: Arc::new(settings.tokens),
         max_page: settings.max_page_size,
     });
+    // Probes and scrapes stay outside the limits: a busy API must not fail its liveness
+    // probe (the kubelet would restart it) nor lose its metrics.
+    let ops = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    let limits = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            move |e: tower::BoxError| {
+                let shared = shared.clone();
+                async move { refused(&shared, &e) }
+            },
+        ))
+        .load_shed()
+        // One semaphore for every route (`Router::layer` layers each route on its own).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            settings.max_in_flight.max(1),
+        ))
+        .timeout(settings.request_timeout);
     let wl = "/api/v1/workloads/{namespace}/{name}";
     Router::new()
         .route("/", get(page::index))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/workloads", get(workloads))
         .route(wl, get(workload))
@@ -139,7 +162,34 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.max_body_bytes,
         ))
+        .layer(limits)
+        .merge(ops)
         .with_state(state)
+}
+
+/// The answer to a request the limits refused: too many in flight (shed at once, so a
+/// flood queues nowhere), or slower than the timeout (a client trickling its body holds a
+/// slot no longer than that). Both are counted as `prescale_errors_total{stage="api"}`.
+fn refused(shared: &Shared, e: &tower::BoxError) -> Response {
+    let (kind, message) = if e.is::<tower::load_shed::error::Overloaded>() {
+        ("overloaded", "too many requests in flight; retry shortly")
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        (
+            "timeout",
+            "the request took longer than api.request_timeout",
+        )
+    } else {
+        ("internal", "internal error")
+    };
+    shared
+        .metrics
+        .errors
+        .get_or_create(&crate::metrics::ErrorLabels { stage: "api", kind })
+        .inc();
+    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 async fn openapi() -> Response {
