@@ -1,10 +1,17 @@
 //! The review store's per-loop reads (`all_last_applied` and `lapsed`, run by every loop to
-//! mirror the store) on a SQLite file with a long history of ended recommendations: the
-//! previous queries against the current ones, and after `prune` has applied a 90-day
-//! retention.
+//! mirror the store) on a long history of ended recommendations: the previous queries
+//! against the current ones, and after `prune` has applied a 90-day retention. On a SQLite
+//! file, or with `postgres` on a PostgreSQL server the bench starts (initdb in a temporary
+//! directory, as the tests do).
 //!
-//! `cargo bench --bench store_sync -- [WORKLOADS] [ROWS_PER_WORKLOAD]` (default 1000 200; the
-//! previous queries run only up to 20,000 rows).
+//! `cargo bench --bench store_sync -- [WORKLOADS] [ROWS_PER_WORKLOAD] [postgres]` (default
+//! 1000 200; the previous queries run only up to 20,000 rows).
+
+#![allow(clippy::unwrap_used)] // the shared test helpers fail loudly by design
+
+// The tests' helpers: the bench uses their PostgreSQL server.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::io::Write;
 use std::time::Instant;
@@ -29,7 +36,7 @@ async fn reads(store: &Store, runs: usize) -> anyhow::Result<f64> {
 }
 
 /// Median seconds of the two reads as the previous version wrote them.
-async fn old_reads(conn: &mut sqlx::SqliteConnection, runs: usize) -> anyhow::Result<f64> {
+async fn old_reads(conn: &mut sqlx::AnyConnection, runs: usize) -> anyhow::Result<f64> {
     let mut secs = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
@@ -57,20 +64,25 @@ async fn old_reads(conn: &mut sqlx::SqliteConnection, runs: usize) -> anyhow::Re
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let raw_args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<usize> = raw_args.iter().filter_map(|a| a.parse().ok()).collect();
     let workloads = args.first().copied().unwrap_or(1000);
     let per = args.get(1).copied().unwrap_or(200);
     let mut out = std::io::stdout().lock();
     let dir = tempfile::tempdir()?;
-    let url = Store::sqlite_url(dir.path());
+    // The server lives until the end of the bench (dropped last: stopped and removed).
+    let pg = raw_args
+        .iter()
+        .any(|a| a == "postgres")
+        .then(common::Postgres::start);
+    let url = pg
+        .as_ref()
+        .map_or_else(|| Store::sqlite_url(dir.path()), |p| p.url.clone());
     let store = Store::open(&url).await?;
     let now = 1_800_000_000_i64;
     // Each workload: `per` changes spread over 300 days, alternately applied and expired
     // (superseded and failed ones cost the same to skip), the newest last.
-    let mut raw = sqlx::SqliteConnection::connect(&url).await?;
+    let mut raw = sqlx::AnyConnection::connect(&url).await?;
     let t = Instant::now();
     let mut tx = raw.begin().await?;
     for w in 0..workloads {
@@ -106,7 +118,8 @@ async fn main() -> anyhow::Result<()> {
     let rows = workloads * per;
     writeln!(
         out,
-        "store_sync: {workloads} workloads x {per} ended recommendations = {rows} rows (filled in {:.1} s)",
+        "store_sync ({}): {workloads} workloads x {per} ended recommendations = {rows} rows (filled in {:.1} s)",
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" },
         t.elapsed().as_secs_f64()
     )?;
     let runs = 5;
