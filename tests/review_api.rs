@@ -964,6 +964,16 @@ async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
     );
     assert_eq!(shed.headers()["retry-after"], "1");
     assert!(shed.text().await.unwrap().contains("too many requests"));
+    // And the document says so, for every operation.
+    let doc: Value = serde_json::from_str(&prescale::api::openapi_json()).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].get("503").is_some(),
+                "{method} {path}: 503 not documented"
+            );
+        }
+    }
     // Probes and scrapes are outside the limit.
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();

@@ -73,7 +73,7 @@ impl Default for ApiSettings {
         review::audit, review::pause, review::resume, review::pin, review::unpin,
         review::overrides, review::add_override, review::delete_override,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Overload),
     tags((name = "workloads"), (name = "recommendations"), (name = "audit"), (name = "keda")),
 )]
 pub struct ApiDoc;
@@ -88,6 +88,43 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every operation may be refused by the overload limits (see [`refused`]): a 503 with the
+/// usual error body.
+struct Overload;
+
+impl utoipa::Modify for Overload {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description(
+                "Overloaded (over `api.max_in_flight` requests at once) or slower than \
+                 `api.request_timeout`; `Retry-After` says when to try again.",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .insert("503".to_string(), response.clone().into());
+            }
+        }
     }
 }
 
