@@ -101,6 +101,10 @@ pub struct LoopBench {
     pub restored_models: usize,
     /// Its first loop: the samples since, one refit per model (no backfill, no replay).
     pub restart_first_loop_seconds: f64,
+    /// Workloads whose decision in that loop was set by the `reactive` term (the policy
+    /// decides so while its headroom tuner has not scored enough decisions: after a restart,
+    /// only when the policy state was not restored).
+    pub restart_reactive_decisions: usize,
 }
 
 fn rss_bytes() -> u64 {
@@ -189,6 +193,11 @@ pub async fn run(
     let clock = Instant::now();
     again.run_once(now).await;
     let restart_first_loop_seconds = clock.elapsed().as_secs_f64();
+    let restart_reactive_decisions = again.shared().views.read().map_or(0, |v| {
+        v.values()
+            .filter(|w| w.term.as_deref() == Some("reactive"))
+            .count()
+    });
     Ok(LoopBench {
         workloads: n,
         history_seconds: history.as_secs(),
@@ -204,6 +213,7 @@ pub async fn run(
         restore_seconds,
         restored_models: restored.models,
         restart_first_loop_seconds,
+        restart_reactive_decisions,
     })
 }
 

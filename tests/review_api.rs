@@ -640,6 +640,7 @@ async fn postgres_over_a_socket_and_5xx_says_nothing_of_internals() {
     suite(s).await;
     // The database goes away: the API says 503 "store unavailable", and nothing more.
     drop(pg);
+    let asked = std::time::Instant::now();
     let res = reqwest::Client::new()
         .get(format!("{base}/api/v1/recommendations"))
         .bearer_auth(VIEWER)
@@ -649,6 +650,12 @@ async fn postgres_over_a_socket_and_5xx_says_nothing_of_internals() {
     assert_eq!(res.status().as_u16(), 503);
     let body = res.text().await.unwrap();
     assert_eq!(body, r#"{"status":503,"error":"store unavailable"}"#);
+    // The store gives up on a connection (5 s) well before the request times out (30 s).
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 /// Two replicas of prescale on one store: a pause and an approval made through one reach the

@@ -17,6 +17,9 @@ use utoipa::ToSchema;
 
 use crate::domain::Timestamp;
 
+/// Longest wait for a database connection before a store call fails as unavailable.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A recommendation's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -337,6 +340,10 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // sqlx retries a refused connection until this passes (30 s by default): with the
+            // database gone, the API should answer "store unavailable" in seconds, well
+            // inside `api.request_timeout`, and the loop should not stall for long.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     if conn.backend_name() == "SQLite" {
