@@ -22,6 +22,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PRESCALE_LOG_FORMAT", "log_format"),
     ("PRESCALE_STORE_URL", "store.url"),
     ("PRESCALE_API_ANONYMOUS_READ", "api.anonymous_read"),
+    ("PRESCALE_API_RATE_PER_CALLER", "api.rate_per_caller"),
 ];
 
 /// The whole configuration.
@@ -156,6 +157,16 @@ pub struct ApiConfig {
     /// 10 min.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Requests per second each caller may make under `/` and `/api/v1`, on average; one
+    /// more is answered 429 with `Retry-After`. A caller is a token (by its name); requests
+    /// without a token share one budget, and requests with an invalid token share another.
+    /// From 1 to 100000.
+    #[serde(default = "default_rate_per_caller")]
+    pub rate_per_caller: u32,
+    /// Requests a caller may make at once after a quiet spell (the bucket's size). From 1
+    /// to 100000.
+    #[serde(default = "default_burst_per_caller")]
+    pub burst_per_caller: u32,
 }
 
 /// The review store.
@@ -410,6 +421,12 @@ fn default_max_in_flight() -> usize {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_rate_per_caller() -> u32 {
+    50
+}
+fn default_burst_per_caller() -> u32 {
+    100
+}
 fn default_recommendation_ttl() -> Duration {
     Duration::from_secs(1800)
 }
@@ -463,6 +480,8 @@ impl Default for ApiConfig {
             max_page_size: default_max_page_size(),
             max_in_flight: default_max_in_flight(),
             request_timeout: default_request_timeout(),
+            rate_per_caller: default_rate_per_caller(),
+            burst_per_caller: default_burst_per_caller(),
         }
     }
 }
@@ -650,6 +669,9 @@ impl Config {
                         other => return Err(bad(format!("`{other}` is not true or false"))),
                     }
                 }
+                "api.rate_per_caller" => {
+                    self.api.rate_per_caller = v.parse().map_err(|e| bad(format!("{e}")))?;
+                }
                 "listen.http" => self.listen.http = v.parse().map_err(|e| bad(format!("{e}")))?,
                 "listen.grpc" => self.listen.grpc = v.parse().map_err(|e| bad(format!("{e}")))?,
                 "log_format" => {
@@ -785,6 +807,12 @@ impl Config {
         {
             return Err(invalid("api.request_timeout", "must be from 1s to 10m"));
         }
+        if !(1..=100_000).contains(&self.api.rate_per_caller) {
+            return Err(invalid("api.rate_per_caller", "must be in 1..=100000"));
+        }
+        if !(1..=100_000).contains(&self.api.burst_per_caller) {
+            return Err(invalid("api.burst_per_caller", "must be in 1..=100000"));
+        }
         if let Some(url) = &self.store.url
             && !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")
@@ -886,6 +914,20 @@ workloads:
     }
 
     #[test]
+    fn the_rate_per_caller_can_be_set_from_the_environment_and_is_validated() {
+        let env = |v: &'static str| {
+            move |k: &str| (k == "PRESCALE_API_RATE_PER_CALLER").then(|| v.to_string())
+        };
+        let c = Config::parse(Path::new("c.yaml"), GOOD, &env("500")).unwrap();
+        assert_eq!(c.api.rate_per_caller, 500);
+        assert_eq!(parse(GOOD).unwrap().api.rate_per_caller, 50);
+        for bad in ["0", "fast", "-3"] {
+            let e = Config::parse(Path::new("c.yaml"), GOOD, &env(bad)).unwrap_err();
+            assert!(e.to_string().contains("api.rate_per_caller"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn a_minimal_config_gets_documented_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.loop_.interval, Duration::from_secs(60));
@@ -970,6 +1012,10 @@ workloads:
             (
                 format!("{GOOD}api:\n  request_timeout: 500ms\n"),
                 "api.request_timeout",
+            ),
+            (
+                format!("{GOOD}api:\n  rate_per_caller: 0\n"),
+                "api.rate_per_caller",
             ),
         ];
         for (text, needle) in cases {

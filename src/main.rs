@@ -398,6 +398,8 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
             max_page_size: cfg.api.max_page_size,
             max_in_flight: cfg.api.max_in_flight,
             request_timeout: cfg.api.request_timeout,
+            rate_per_caller: cfg.api.rate_per_caller,
+            burst_per_caller: cfg.api.burst_per_caller,
         };
         let service = Arc::new(Service::with_actuator(cfg, source, timeline, step, tick, actuator)?);
         let restored = service.restore()?;

@@ -975,10 +975,12 @@ async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
     let doc: Value = serde_json::from_str(&prescale::api::openapi_json()).unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            assert!(
-                op["responses"].get("503").is_some(),
-                "{method} {path}: 503 not documented"
-            );
+            for status in ["503", "429"] {
+                assert!(
+                    op["responses"].get(status).is_some(),
+                    "{method} {path}: {status} not documented"
+                );
+            }
         }
     }
     // Probes and scrapes are outside the limit.
@@ -1005,4 +1007,74 @@ async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
     assert_eq!(get("/api/v1/workloads").await.unwrap().status(), 200);
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(metrics.contains("prescale_errors_total{stage=\"api\",kind=\"timeout\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_has_its_own_request_rate() {
+    let s = setup_with(
+        None,
+        true,
+        Duration::from_secs(1),
+        ApiSettings {
+            rate_per_caller: 1,
+            burst_per_caller: 3,
+            ..ApiSettings::default()
+        },
+    )
+    .await;
+    let Client::Socket(base, http) = &s.client else {
+        unreachable!()
+    };
+    let get = |token: &str| {
+        http.get(format!("{base}/api/v1/workloads"))
+            .bearer_auth(token)
+            .send()
+    };
+    for k in 0..3 {
+        assert_eq!(
+            get(VIEWER).await.unwrap().status(),
+            200,
+            "request {k} of the burst"
+        );
+    }
+    let limited = get(VIEWER).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    assert!(
+        limited
+            .text()
+            .await
+            .unwrap()
+            .contains("api.rate_per_caller")
+    );
+    // Another token has its own budget; probes are outside.
+    assert_eq!(get(APPROVER).await.unwrap().status(), 200);
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // Invalid tokens share one budget, whatever they are: guessing is throttled too.
+    for k in 0..3 {
+        let bad = get(&format!("guess-{k}")).await.unwrap();
+        assert_eq!(bad.status(), 401, "guess {k}");
+    }
+    assert_eq!(get("guess-3").await.unwrap().status(), 429);
+    // The budget refills at the rate.
+    tokio::time::sleep(Duration::from_millis(1100 * wait)).await;
+    assert_eq!(get(VIEWER).await.unwrap().status(), 200);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("prescale_errors_total{stage=\"api\",kind=\"rate_limited\"} 2"),
+        "{metrics}"
+    );
 }

@@ -121,6 +121,18 @@ impl Tokens {
         !self.entries.is_empty()
     }
 
+    /// Who is calling, for per-caller limits: the valid token's name, `anonymous` without
+    /// a token, `unauthenticated` for every invalid one (so guessing tokens shares one
+    /// budget, and the keys stay as few as the tokens).
+    pub fn caller(&self, headers: &HeaderMap) -> String {
+        let bearer = headers.get(header::AUTHORIZATION).is_some();
+        match self.authorize(headers, Role::Viewer) {
+            Ok(p) if bearer && self.configured() => p.name,
+            Ok(_) => "anonymous".to_string(),
+            Err(_) => "unauthenticated".to_string(),
+        }
+    }
+
     /// The caller, if allowed `need`. Without tokens configured, reads are anonymous and
     /// writes are refused.
     ///

@@ -6,6 +6,7 @@ pub mod auth;
 mod page;
 pub mod review;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -49,6 +50,10 @@ pub struct ApiSettings {
     pub max_in_flight: usize,
     /// Longest a request may take, its body included (beyond: 503).
     pub request_timeout: Duration,
+    /// Requests per second each caller may make on average (beyond: 429).
+    pub rate_per_caller: u32,
+    /// Requests a caller may make at once after a quiet spell.
+    pub burst_per_caller: u32,
 }
 
 impl Default for ApiSettings {
@@ -59,6 +64,8 @@ impl Default for ApiSettings {
             max_page_size: 200,
             max_in_flight: 256,
             request_timeout: Duration::from_secs(30),
+            rate_per_caller: 50,
+            burst_per_caller: 100,
         }
     }
 }
@@ -91,8 +98,8 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Every operation may be refused by the overload limits (see [`refused`]): a 503 with the
-/// usual error body.
+/// Every operation may be refused by the overload limits (see [`refused`]: a 503) or by its
+/// caller's rate (see [`rate_limit`]: a 429), with the usual error body.
 struct Overload;
 
 impl utoipa::Modify for Overload {
@@ -102,6 +109,18 @@ impl utoipa::Modify for Overload {
             .description(
                 "Overloaded (over `api.max_in_flight` requests at once) or slower than \
                  `api.request_timeout`; `Retry-After` says when to try again.",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        let too_many = ResponseBuilder::new()
+            .description(
+                "Over this caller's request rate (`api.rate_per_caller`); `Retry-After` says \
+                 when to try again.",
             )
             .content(
                 "application/json",
@@ -120,9 +139,9 @@ impl utoipa::Modify for Overload {
             .into_iter()
             .flatten()
             {
-                op.responses
-                    .responses
-                    .insert("503".to_string(), response.clone().into());
+                let r = &mut op.responses.responses;
+                r.insert("503".to_string(), response.clone().into());
+                r.insert("429".to_string(), too_many.clone().into());
             }
         }
     }
@@ -164,6 +183,18 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
             settings.max_in_flight.max(1),
         ))
         .timeout(settings.request_timeout);
+    let rate = Arc::new(CallerRate {
+        tokens: state.tokens.clone(),
+        shared: state.shared.clone(),
+        limiter: governor::RateLimiter::keyed(
+            governor::Quota::per_second(
+                NonZeroU32::new(settings.rate_per_caller.max(1)).unwrap_or(NonZeroU32::MIN),
+            )
+            .allow_burst(
+                NonZeroU32::new(settings.burst_per_caller.max(1)).unwrap_or(NonZeroU32::MIN),
+            ),
+        ),
+    });
     let wl = "/api/v1/workloads/{namespace}/{name}";
     Router::new()
         .route("/", get(page::index))
@@ -200,8 +231,52 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
             settings.max_body_bytes,
         ))
         .layer(limits)
+        // Outermost: a caller over its rate is refused before it takes an in-flight slot.
+        .layer(axum::middleware::from_fn_with_state(rate, rate_limit))
         .merge(ops)
         .with_state(state)
+}
+
+/// Each caller's request rate (see [`Tokens::caller`]).
+struct CallerRate {
+    tokens: Arc<Tokens>,
+    shared: Arc<Shared>,
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+}
+
+/// Refuses a caller over its rate with 429 and how long to wait.
+async fn rate_limit(
+    State(rate): State<Arc<CallerRate>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use governor::clock::Clock;
+    let caller = rate.tokens.caller(request.headers());
+    match rate.limiter.check_key(&caller) {
+        Ok(()) => next.run(request).await,
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            count_refusal(&rate.shared, "rate_limited");
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "over this caller's request rate (api.rate_per_caller); retry later",
+            )
+            .into_response();
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+    }
+}
+
+fn count_refusal(shared: &Shared, kind: &'static str) {
+    shared
+        .metrics
+        .errors
+        .get_or_create(&crate::metrics::ErrorLabels { stage: "api", kind })
+        .inc();
 }
 
 /// The answer to a request the limits refused: too many in flight (shed at once, so a
@@ -218,11 +293,7 @@ fn refused(shared: &Shared, e: &tower::BoxError) -> Response {
     } else {
         ("internal", "internal error")
     };
-    shared
-        .metrics
-        .errors
-        .get_or_create(&crate::metrics::ErrorLabels { stage: "api", kind })
-        .inc();
+    count_refusal(shared, kind);
     let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     r.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
