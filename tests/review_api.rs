@@ -936,19 +936,19 @@ async fn an_expired_proposal_is_proposed_again() {
     assert_ne!(again[0]["id"], first[0]["id"]);
 }
 
+/// A SQLite setup over a socket with these limits.
+async fn limited(limits: ApiSettings) -> Setup {
+    setup_with(None, true, Duration::from_secs(1), limits).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = setup_with(
-        None,
-        true,
-        Duration::from_secs(1),
-        ApiSettings {
-            max_in_flight: 1,
-            request_timeout: Duration::from_secs(2),
-            ..ApiSettings::default()
-        },
-    )
+    let s = limited(ApiSettings {
+        max_in_flight: 1,
+        request_timeout: Duration::from_secs(2),
+        ..ApiSettings::default()
+    })
     .await;
     let Client::Socket(base, http) = &s.client else {
         unreachable!()
@@ -1011,16 +1011,11 @@ async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_caller_has_its_own_request_rate() {
-    let s = setup_with(
-        None,
-        true,
-        Duration::from_secs(1),
-        ApiSettings {
-            rate_per_caller: 1,
-            burst_per_caller: 3,
-            ..ApiSettings::default()
-        },
-    )
+    let s = limited(ApiSettings {
+        rate_per_caller: 1,
+        burst_per_caller: 3,
+        ..ApiSettings::default()
+    })
     .await;
     let Client::Socket(base, http) = &s.client else {
         unreachable!()

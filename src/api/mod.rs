@@ -104,31 +104,26 @@ struct Overload;
 
 impl utoipa::Modify for Overload {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let response = ResponseBuilder::new()
-            .description(
-                "Overloaded (over `api.max_in_flight` requests at once) or slower than \
-                 `api.request_timeout`; `Retry-After` says when to try again.",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ApiError")))
-                    .build(),
-            )
-            .build();
-        let too_many = ResponseBuilder::new()
-            .description(
-                "Over this caller's request rate (`api.rate_per_caller`); `Retry-After` says \
-                 when to try again.",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ApiError")))
-                    .build(),
-            )
-            .build();
+        use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
+        let error = |description: &str| -> Response {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ApiError")))
+                        .build(),
+                )
+                .build()
+        };
+        let response = error(
+            "Overloaded (over `api.max_in_flight` requests at once) or slower than \
+             `api.request_timeout`; `Retry-After` says when to try again.",
+        );
+        let too_many = error(
+            "Over this caller's request rate (`api.rate_per_caller`); `Retry-After` says when \
+             to try again.",
+        );
         for item in openapi.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
