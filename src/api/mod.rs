@@ -183,11 +183,9 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
         shared: state.shared.clone(),
         limiter: governor::RateLimiter::keyed(
             governor::Quota::per_second(
-                NonZeroU32::new(settings.rate_per_caller.max(1)).unwrap_or(NonZeroU32::MIN),
+                NonZeroU32::new(settings.rate_per_caller).unwrap_or(NonZeroU32::MIN),
             )
-            .allow_burst(
-                NonZeroU32::new(settings.burst_per_caller.max(1)).unwrap_or(NonZeroU32::MIN),
-            ),
+            .allow_burst(NonZeroU32::new(settings.burst_per_caller).unwrap_or(NonZeroU32::MIN)),
         ),
     });
     let wl = "/api/v1/workloads/{namespace}/{name}";
@@ -250,28 +248,39 @@ async fn rate_limit(
     match rate.limiter.check_key(&caller) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            count_refusal(&rate.shared, "rate_limited");
-            let mut r = ApiError::new(
+            let wait = not_until.wait_time_from(rate.limiter.clock().now());
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            refusal(
+                &rate.shared,
+                "rate_limited",
                 StatusCode::TOO_MANY_REQUESTS,
                 "over this caller's request rate (api.rate_per_caller); retry later",
+                secs.max(1),
             )
-            .into_response();
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
         }
     }
 }
 
-fn count_refusal(shared: &Shared, kind: &'static str) {
+/// A refused request's answer, with when to retry, counted as
+/// `prescale_errors_total{stage="api",kind}`.
+fn refusal(
+    shared: &Shared,
+    kind: &'static str,
+    status: StatusCode,
+    message: &str,
+    retry_after_secs: u64,
+) -> Response {
     shared
         .metrics
         .errors
         .get_or_create(&crate::metrics::ErrorLabels { stage: "api", kind })
         .inc();
+    let mut r = ApiError::new(status, message).into_response();
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(retry_after_secs),
+    );
+    r
 }
 
 /// The answer to a request the limits refused: too many in flight (shed at once, so a
@@ -288,11 +297,7 @@ fn refused(shared: &Shared, e: &tower::BoxError) -> Response {
     } else {
         ("internal", "internal error")
     };
-    count_refusal(shared, kind);
-    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    r
+    refusal(shared, kind, StatusCode::SERVICE_UNAVAILABLE, message, 1)
 }
 
 async fn openapi() -> Response {
