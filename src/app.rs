@@ -204,6 +204,8 @@ struct Runtime {
     last_read: Option<std::time::Instant>,
     /// Replicas of the last recommendation made (recommend mode), so one wish is proposed once.
     proposed: Option<u32>,
+    /// The engine's refit count already added to `prescale_model_refits_total`.
+    refits_counted: usize,
 }
 
 /// The last `n` observed values of a workload and the time of the first.
@@ -333,7 +335,8 @@ const MODELS_EVERY: Duration = Duration::from_secs(900);
 
 /// Format of `models.bin`; a file of another format is not read (workloads start cold).
 /// 4: each entry holds the policy's state too (stabilisation, headroom tuner).
-const MODELS_FORMAT: u32 = 4;
+/// 5: the forecasting state holds each candidate's fitted model (no refit at restart).
+const MODELS_FORMAT: u32 = 5;
 
 /// How `models.bin` is encoded (bincode, fixed-width integers), written and read alike.
 fn models_codec() -> impl bincode::Options + Copy {
@@ -518,6 +521,7 @@ impl Service {
                 next_attempt: None,
                 last_read: None,
                 proposed: None,
+                refits_counted: 0,
                 cfg: w.clone(),
             })));
         }
@@ -640,6 +644,7 @@ impl Service {
             match rt.engine.restore(state) {
                 Ok(()) => {
                     rt.last_sample = rt.engine.last_sample();
+                    rt.refits_counted = rt.engine.status().refits;
                     *n += 1;
                     // A policy state that does not fit leaves the policy fresh: it reacts
                     // until its headroom tuner has scored enough decisions again.
@@ -1389,6 +1394,9 @@ impl Runtime {
         self.view.paused = controls.paused;
         let status = self.engine.status();
         self.view.model = Some(status.model.to_string());
+        let refits = status.refits.saturating_sub(self.refits_counted);
+        metrics.refits.inc_by(refits as u64);
+        self.refits_counted = status.refits;
         if let Some(f) = &forecast {
             self.view.forecast = Some(Arc::new(ForecastView::from(f)));
         }

@@ -132,6 +132,9 @@ pub struct Metrics {
     pub workloads: Gauge,
     /// `prescale_safe_to_act`: 0 while too many workloads fail and scale-downs are held.
     pub safe_to_act: Gauge,
+    /// `prescale_model_refits_total`: refits of a workload's candidate models (one refit fits
+    /// every candidate), summed over workloads.
+    pub refits: Counter,
     /// `prescale_actuations_total`: `/scale` actuator outcomes per workload.
     pub actuations: Family<ActuationLabels, Counter>,
 }
@@ -163,6 +166,7 @@ impl Metrics {
             workloads: Gauge::default(),
             actuations: Family::default(),
             safe_to_act: Gauge::default(),
+            refits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -231,6 +235,11 @@ impl Metrics {
             m.errors.clone(),
         );
         registry.register("workloads", "Workloads configured", m.workloads.clone());
+        registry.register(
+            "model_refits",
+            "Refits of the workloads' candidate models (a restored state refits none until due)",
+            m.refits.clone(),
+        );
         m.safe_to_act.set(1);
         registry.register(
             "safe_to_act",

@@ -1,7 +1,7 @@
 //! A restart goes on from where the service stopped: the forecasting state written at
 //! shutdown is restored, only the samples since are fetched, and the forecasts are those of
-//! a service that never stopped, as are its decisions. A damaged state file costs a cold
-//! start, never the start.
+//! a service that never stopped, as are its decisions, with no refit before the schedule's.
+//! A damaged state file costs a cold start, never the start.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -104,8 +104,15 @@ async fn a_restart_goes_on_from_the_saved_state() {
         // service does not react for hours while they score decisions again.
         assert_eq!(decision(&a), decision(&b), "decision {k} after the restart");
         assert_ne!(decision(&b).1.as_deref(), Some("reactive"), "loop {k}");
+        // The saved fits were taken up: the restarted service refits nothing before the
+        // schedule does (a day here), where it used to refit every model in its first loop.
+        assert_eq!(b.shared().metrics.refits.get(), 0, "loop {k}");
         t += STEP;
     }
+    assert!(
+        a.shared().metrics.refits.get() > 0,
+        "the cold start's fits are counted"
+    );
     // Nothing was backfilled: the first fetch starts right after the last sample saved.
     let first = asked.asked.lock().unwrap()[0];
     assert_eq!(first.start, t0 + 11 * STEP + STEP, "{first:?}");

@@ -4,7 +4,7 @@ use augurs::ets::AutoETS;
 use augurs::prelude::*;
 
 use super::path::Path;
-use super::{FittedModel, ForecastError, Forecaster, Window, drift};
+use super::{FittedModel, ForecastError, Forecaster, SavedFit, SavedRepr, Window, drift};
 
 const NAME: &str = "damped_trend";
 /// Weight of the newest residual when re-anchoring the path on data after the fit.
@@ -17,13 +17,19 @@ pub(super) struct DampedTrend {
     pub(super) max_points: usize,
 }
 
-struct FittedDamped {
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct FittedDamped {
     train_end: usize,
     /// The forecast from the fit to the next refit.
     path: Path,
 }
 
 impl FittedDamped {
+    /// Whether a saved fit can be taken up on a grid ending at `end`.
+    pub(super) fn fits(&self, end: usize) -> bool {
+        self.train_end <= end && self.path.is_finite()
+    }
+
     fn base(&self, k: usize) -> f64 {
         self.path.get(k.saturating_sub(self.train_end))
     }
@@ -65,6 +71,10 @@ impl FittedModel for FittedDamped {
             self.path.values_from(j)
         });
         Ok((0..horizon).map(|j| self.base(end + j) + c).collect())
+    }
+
+    fn saved(&self) -> SavedFit {
+        SavedFit(SavedRepr::Damped(self.clone()))
     }
 }
 

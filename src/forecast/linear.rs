@@ -4,7 +4,7 @@ use linfa::prelude::*;
 use linfa_linear::LinearRegression;
 use ndarray::{Array1, Array2};
 
-use super::{FittedModel, ForecastError, Forecaster, Window};
+use super::{FittedModel, ForecastError, Forecaster, SavedFit, SavedRepr, Window};
 
 const NAME: &str = "linear";
 /// Recent lags used as features.
@@ -21,12 +21,26 @@ pub(super) struct LagRegression {
     pub(super) max_rows: usize,
 }
 
-struct FittedLag {
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct FittedLag {
     periods: Vec<usize>,
     coef: Vec<f64>,
     intercept: f64,
     /// Forecasts are kept within [0, ceiling] so a recursion cannot run away.
     ceiling: f64,
+}
+
+impl FittedLag {
+    /// Whether a saved fit can be taken up for `periods`: one coefficient per feature, and
+    /// finite numbers (a NaN ceiling would make the clamp in `predict` panic).
+    pub(super) fn fits(&self, periods: &[usize]) -> bool {
+        self.periods == periods
+            && self.coef.len() == LAGS + 1 + 2 * periods.len()
+            && self.coef.iter().all(|c| c.is_finite())
+            && self.intercept.is_finite()
+            && self.ceiling.is_finite()
+            && self.ceiling >= 0.0
+    }
 }
 
 fn lookback(periods: &[usize]) -> usize {
@@ -126,6 +140,10 @@ impl FittedModel for FittedLag {
         }
         Ok(out)
     }
+
+    fn saved(&self) -> SavedFit {
+        SavedFit(SavedRepr::Linear(self.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +177,28 @@ mod tests {
             .unwrap();
         for (a, b) in f.iter().zip(&y[500..540]) {
             assert!((a - b).abs() < 0.5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn a_saved_regression_with_damaged_numbers_is_refused() {
+        let good = FittedLag {
+            periods: vec![20],
+            coef: vec![0.1; LAGS + 3],
+            intercept: 1.0,
+            ceiling: 30.0,
+        };
+        assert!(good.fits(&[20]));
+        let damaged: [fn(&mut FittedLag); 4] = [
+            |m| m.coef.pop().map(drop).unwrap_or(()),
+            |m| m.coef[0] = f64::INFINITY,
+            |m| m.ceiling = f64::NAN,
+            |m| m.ceiling = -1.0,
+        ];
+        for (k, damage) in damaged.iter().enumerate() {
+            let mut m = good.clone();
+            damage(&mut m);
+            assert!(!m.fits(&[20]), "damage {k} taken up");
         }
     }
 

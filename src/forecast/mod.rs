@@ -126,6 +126,45 @@ pub trait FittedModel: Send + Sync {
     /// # Errors
     /// [`ForecastError::Model`] when the context does not fit the model.
     fn predict(&self, context: Window<'_>, horizon: usize) -> Result<Vec<f64>, ForecastError>;
+
+    /// The fit as the model state saves it, so a restart takes it up instead of refitting.
+    fn saved(&self) -> SavedFit;
+}
+
+/// A fitted model as saved in the model state (opaque: only the engine reads it back).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SavedFit(SavedRepr);
+
+#[derive(Clone, Serialize, Deserialize)]
+enum SavedRepr {
+    Naive(naive::SeasonalNaive),
+    Mstl(mstl::FittedMstl),
+    Linear(linear::FittedLag),
+    Damped(damped::FittedDamped),
+}
+
+impl SavedFit {
+    /// The fitted model again, when it is one that `kind` fits on `periods` and trained no
+    /// later than grid index `end`; None for anything else (a damaged or foreign state).
+    fn model(self, kind: ModelKind, periods: &[usize], end: usize) -> Option<Box<dyn FittedModel>> {
+        let ok = match (&self.0, kind) {
+            (SavedRepr::Naive(m), ModelKind::Persistence) => m.period.is_none(),
+            (SavedRepr::Naive(m), ModelKind::SeasonalNaive) => m.period == periods.first().copied(),
+            (SavedRepr::Mstl(m), ModelKind::MstlEts) => m.fits(periods, end),
+            (SavedRepr::Linear(m), ModelKind::Linear) => m.fits(periods),
+            (SavedRepr::Damped(m), ModelKind::DampedTrend) => m.fits(end),
+            _ => false,
+        };
+        if !ok || periods.contains(&0) {
+            return None;
+        }
+        Some(match self.0 {
+            SavedRepr::Naive(m) => Box::new(m),
+            SavedRepr::Mstl(m) => Box::new(m),
+            SavedRepr::Linear(m) => Box::new(m),
+            SavedRepr::Damped(m) => Box::new(m),
+        })
+    }
 }
 
 /// The models prescale can fit. Names are stable: they appear in presets, CSV, JSON and metrics.
@@ -208,4 +247,66 @@ fn drift<I: Iterator<Item = f64>>(
         }
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_fit_predicts_as_the_fit_it_was_saved_from_and_only_for_its_own_model() {
+        let p = 24;
+        let y: Vec<f64> = (0..24 * 10)
+            .map(|i| 100.0 + 20.0 * (i as f64 * std::f64::consts::TAU / p as f64).sin())
+            .collect();
+        let history = Window {
+            start: 0,
+            values: &y[..24 * 8],
+        };
+        let context = Window {
+            start: 0,
+            values: &y[..24 * 9],
+        };
+        let fit = FitSettings {
+            path_len: 100,
+            max_regression_rows: 1000,
+            max_trend_points: 1000,
+        };
+        let kinds = [
+            ModelKind::Persistence,
+            ModelKind::SeasonalNaive,
+            ModelKind::MstlEts,
+            ModelKind::Linear,
+            ModelKind::DampedTrend,
+        ];
+        for kind in kinds {
+            let fitted = kind.build(&[p], &fit).fit(history).unwrap();
+            let bytes = bincode::serialize(&fitted.saved()).unwrap();
+            let saved: SavedFit = bincode::deserialize(&bytes).unwrap();
+            let back = saved.clone().model(kind, &[p], history.end()).unwrap();
+            assert_eq!(
+                back.predict(context, 30).unwrap(),
+                fitted.predict(context, 30).unwrap(),
+                "{kind:?}"
+            );
+            for other in kinds.into_iter().filter(|&k| k != kind) {
+                assert!(
+                    saved.clone().model(other, &[p], history.end()).is_none(),
+                    "{kind:?} taken up as {other:?}"
+                );
+            }
+            // Periods other than those it was fitted on (the damped trend has none); a period
+            // of 0; a fit made after the end of the grid it is restored on.
+            if kind != ModelKind::DampedTrend && kind != ModelKind::Persistence {
+                assert!(
+                    saved.clone().model(kind, &[p + 1], 9999).is_none(),
+                    "{kind:?}"
+                );
+            }
+            assert!(saved.clone().model(kind, &[0], 9999).is_none(), "{kind:?}");
+            if matches!(kind, ModelKind::MstlEts | ModelKind::DampedTrend) {
+                assert!(saved.model(kind, &[p], history.end() - 1).is_none());
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@ use augurs::mstl::MSTLModel;
 use augurs::prelude::*;
 
 use super::path::Path;
-use super::{FittedModel, ForecastError, Forecaster, Window, drift};
+use super::{FittedModel, ForecastError, Forecaster, SavedFit, SavedRepr, Window, drift};
 
 const NAME: &str = "mstl_ets";
 /// Weight of the newest residual when re-anchoring the path on data after the fit.
@@ -21,6 +21,7 @@ pub(super) struct MstlEts {
 /// The last cycle of a seasonal component, index `(k - train_end) % period`, as 16-bit
 /// codes over its largest magnitude (every workload holds a day of these; a code is within
 /// 1/65,534 of the component's amplitude).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Cycle {
     scale: f64,
     codes: Vec<i16>,
@@ -53,13 +54,26 @@ impl Cycle {
 }
 
 /// The fitted decomposition: one cycle of each seasonal component and the trend forecast.
-struct FittedMstl {
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct FittedMstl {
     train_end: usize,
     seasons: Vec<Cycle>,
     trend: Path,
 }
 
 impl FittedMstl {
+    /// Whether a saved fit can be taken up for `periods` on a grid ending at `end`.
+    pub(super) fn fits(&self, periods: &[usize], end: usize) -> bool {
+        self.train_end <= end
+            && self.trend.is_finite()
+            && self.seasons.len() == periods.len()
+            && self
+                .seasons
+                .iter()
+                .zip(periods)
+                .all(|(c, &p)| c.codes.len() == p && c.scale.is_finite())
+    }
+
     fn season(&self, j: usize) -> f64 {
         self.seasons.iter().map(|c| c.get(j)).sum()
     }
@@ -140,6 +154,10 @@ impl FittedModel for FittedMstl {
                 .map(|(j, t)| t + self.season(j))
         });
         Ok((0..horizon).map(|j| self.base(end + j) + c).collect())
+    }
+
+    fn saved(&self) -> SavedFit {
+        SavedFit(SavedRepr::Mstl(self.clone()))
     }
 }
 

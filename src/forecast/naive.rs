@@ -1,9 +1,9 @@
 //! Seasonal naive and persistence: the baselines every other model must beat.
 
-use super::{FittedModel, ForecastError, Forecaster, Window};
+use super::{FittedModel, ForecastError, Forecaster, SavedFit, SavedRepr, Window};
 
 /// The value one `period` ago; the last value when `period` is `None`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct SeasonalNaive {
     pub(super) period: Option<usize>,
 }
@@ -38,6 +38,10 @@ impl FittedModel for SeasonalNaive {
                 context.values[n + j - back - 1]
             })
             .collect())
+    }
+
+    fn saved(&self) -> SavedFit {
+        SavedFit(SavedRepr::Naive(self.clone()))
     }
 }
 

@@ -9,7 +9,7 @@
 /// largest magnitude (f32 storage, the alternative, is accurate to 6e-8).
 const TOLERANCE: f64 = 1e-6;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Path {
     /// `first + delta * (1 - ratio^j) / (1 - ratio)` (`delta * j` when `ratio` is 1), for
     /// `j < len`; the last value after that.
@@ -64,6 +64,19 @@ impl Path {
 
     /// The forecast from `j` steps after the training end on, step by step (what
     /// [`Path::get`] gives, without a power per step).
+    /// Whether every number it holds is finite (a saved path read back is checked).
+    pub(super) fn is_finite(&self) -> bool {
+        match self {
+            Self::Geometric {
+                first,
+                delta,
+                ratio,
+                ..
+            } => first.is_finite() && delta.is_finite() && ratio.is_finite(),
+            Self::Values(v) => v.iter().all(|x| x.is_finite()),
+        }
+    }
+
     pub(super) fn values_from(&self, j: usize) -> impl Iterator<Item = f64> + '_ {
         let (mut k, mut value) = (j, self.get(j));
         // The step from value `k` to `k + 1` of a geometric path: `delta * ratio^k`.
