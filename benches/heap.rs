@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         60,
         2,
         64,
+        Duration::from_secs(86_400),
         Some(live),
     ))?;
     writeln!(

@@ -21,7 +21,7 @@ use crate::metrics::{
     ActuationLabels, ErrorLabels, ForecastLabels, HORIZONS, Metrics, ModelLabels, StateLabels,
     TermLabels, WorkloadLabels,
 };
-use crate::policy::{Observation, PolicyConfig, PredictivePolicy, ScalingPolicy};
+use crate::policy::{HpaPolicy, Observation, PolicyConfig, PredictivePolicy, ScalingPolicy};
 use crate::store::{
     Controls, Override, RecState, Recommendation, RecommendationReason, Store, StoreError, new_id,
 };
@@ -30,9 +30,35 @@ use crate::store::{
 pub const AUTONOMY: &str = "prescale:autonomy";
 /// Why a `recommend` workload is not published before its first applied recommendation.
 const NOTHING_APPLIED: &str = "no recommendation approved and applied yet";
+/// A workload's reason while its warm-up waits for a loop's budget.
+const WARM_UP_QUEUED: &str = "warm_up_queued";
 
 /// Who applied a change in `auto` mode.
 pub const AUTO: &str = "prescale:auto";
+
+/// A batch of samples longer than this is a warm-up (its tail is replayed through the
+/// backtests and the tuner) and waits when the loop's warm-up budget is spent; shorter ones,
+/// such as a restart's gap of an hour at a 1-minute step, are processed at once.
+const WARMUP_MIN_STEPS: usize = 64;
+
+/// What every workload's pass of one loop shares.
+struct LoopPass {
+    /// The loop's time.
+    now: Timestamp,
+    /// Whether scale-downs are safe (few workloads failing).
+    safe_to_act: bool,
+    /// Cold warm-ups start before this (the first of the loop starts anyway).
+    deadline: std::time::Instant,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl LoopPass {
+    /// Admits a cold warm-up: the loop's first always, the others within its budget.
+    fn admit_warm_up(&self) -> bool {
+        let first = !self.started.swap(true, std::sync::atomic::Ordering::SeqCst);
+        first || std::time::Instant::now() < self.deadline
+    }
+}
 
 /// What one workload's pass asks the async part of the loop to do.
 #[derive(Default)]
@@ -206,6 +232,12 @@ struct Runtime {
     proposed: Option<u32>,
     /// The engine's refit count already added to `prescale_model_refits_total`.
     refits_counted: usize,
+    /// Samples fetched for a warm-up that waits for a later loop's budget (the tail the
+    /// warm-up replays; older ones are already in the engine), oldest first.
+    backlog: Vec<Sample>,
+    /// Decides, as the HPA would, while the warm-up waits (the predictive policy's tuner
+    /// must see the replayed tail before any live step).
+    interim: Option<HpaPolicy>,
 }
 
 /// The last `n` observed values of a workload and the time of the first.
@@ -522,6 +554,8 @@ impl Service {
                 last_read: None,
                 proposed: None,
                 refits_counted: 0,
+                backlog: Vec::new(),
+                interim: None,
                 cfg: w.clone(),
             })));
         }
@@ -731,18 +765,29 @@ impl Service {
         }
         let end = now.div_euclid(self.step as i64) * self.step as i64;
         let history = self.cfg.loop_.history.as_secs() as i64;
+        // Read once: the loop's own failures update it after the loop.
+        let pass = Arc::new(LoopPass {
+            now,
+            safe_to_act: self
+                .shared
+                .safe_to_act
+                .load(std::sync::atomic::Ordering::SeqCst),
+            deadline: clock + self.cfg.loop_.warmup_budget(),
+            started: std::sync::atomic::AtomicBool::new(false),
+        });
         let jobs: Vec<_> = self
             .runtimes
             .iter()
             .cloned()
             .map(|rt| {
+                let pass = pass.clone();
                 let source = self.source.clone();
                 let shared = self.shared.clone();
                 let actuator = self.actuator.clone();
                 let step = self.step;
                 async move {
                     let (query, last) = match rt.lock() {
-                        Ok(r) => (r.query.clone(), r.last_sample),
+                        Ok(r) => (r.query.clone(), r.newest_sample()),
                         Err(_) => return,
                     };
                     let start = last.map_or(end - history, |l| l + step as i64);
@@ -767,10 +812,7 @@ impl Service {
                         let key = r.cfg.key();
                         let controls = shared2.controls_of(&key);
                         let floor = shared2.scheduled_minimum(&key, now);
-                        let safe = shared2
-                            .safe_to_act
-                            .load(std::sync::atomic::Ordering::SeqCst);
-                        r.process(fetched, now, &shared2.metrics, &controls, floor, safe)
+                        r.process(fetched, &pass, &shared2.metrics, &controls, floor)
                     })
                     .await
                     .unwrap_or_default();
@@ -805,6 +847,12 @@ impl Service {
             .buffer_unordered(self.cfg.loop_.concurrency)
             .collect::<Vec<()>>()
             .await;
+        let waiting = self
+            .runtimes
+            .iter()
+            .filter(|rt| rt.lock().is_ok_and(|r| !r.backlog.is_empty()))
+            .count();
+        self.shared.metrics.warmups_pending.set(waiting as i64);
         self.apply_approved(now).await;
         self.update_safety();
         self.publish_views();
@@ -1232,50 +1280,74 @@ impl Runtime {
 
     /// Folds new samples in, forecasts, decides, and updates the view, the publication and
     /// the metrics. Returns what the `/scale` actuator should apply, if anything.
+    /// The newest sample fetched: in the engine, or waiting in the backlog.
+    fn newest_sample(&self) -> Option<Timestamp> {
+        self.backlog.last().map(|s| s.at).or(self.last_sample)
+    }
+
+    /// Feeds one sample to the engine (a refused one is counted, and not fetched again).
+    fn feed(&mut self, s: &Sample, metrics: &Metrics) {
+        if let Err(e) = self.engine.observe(s.at, s.value) {
+            count(metrics, "forecast", e.kind());
+        }
+        self.last_sample = Some(s.at);
+        self.view.demand = Some(s.value);
+    }
+
     fn process(
         &mut self,
         fetched: Result<Vec<Sample>, CollectError>,
-        now: Timestamp,
+        pass: &LoopPass,
         metrics: &Metrics,
         controls: &Controls,
         floor: Option<u32>,
-        safe_to_act: bool,
     ) -> Step {
+        let (now, safe_to_act) = (pass.now, pass.safe_to_act);
         let w = self.labels.clone();
         let current = self.current.unwrap_or(self.cfg.min_replicas.max(1));
         let demand = match fetched {
-            Ok(samples) => {
-                let n = samples.len();
-                for (i, s) in samples.into_iter().enumerate() {
-                    if self.last_sample.is_some_and(|l| s.at <= l) {
-                        continue;
-                    }
-                    if let Err(e) = self.engine.observe(s.at, s.value) {
-                        count(metrics, "forecast", e.kind());
-                    }
-                    // The tail of a backfill is replayed step by step, so the online backtest
-                    // and the calibration are warm when the first live forecast is made
-                    // (older history only feeds the fits).
-                    // The headroom tuner's shadows replay it too, so that the first live
-                    // decision need not wait hours for them to judge the forecast's bands.
-                    if i + 1 < n
-                        && n - i <= self.replay_steps
-                        && let Ok(f) = self.engine.forecast(self.lead_steps)
-                    {
-                        self.policy.warm(&Observation {
-                            now: s.at,
-                            demand: Some(s.value),
-                            current_replicas: current,
-                            ready_replicas: current,
-                            forecast: Some(&f),
-                        });
-                    }
-                    self.last_sample = Some(s.at);
-                    self.view.demand = Some(s.value);
+            Ok(mut samples) => {
+                if !self.backlog.is_empty() {
+                    let mut waited = std::mem::take(&mut self.backlog);
+                    waited.append(&mut samples);
+                    samples = waited;
                 }
-                self.view.last_sample_at = self.last_sample;
+                samples.retain(|s| self.last_sample.is_none_or(|l| s.at > l));
+                let n = samples.len();
+                let replayed = n.min(self.replay_steps);
+                if replayed > WARMUP_MIN_STEPS && !pass.admit_warm_up() {
+                    // The loop's warm-up budget is spent: the head only feeds the fits (as in
+                    // a warm-up), and the tail the warm-up replays waits for a later loop.
+                    self.backlog = samples.split_off(n - replayed);
+                    for s in &samples {
+                        self.feed(s, metrics);
+                    }
+                    self.view.demand = self.backlog.last().map(|s| s.value);
+                } else {
+                    for (i, s) in samples.iter().enumerate() {
+                        self.feed(s, metrics);
+                        // The tail of a backfill is replayed step by step, so the online
+                        // backtest and the calibration are warm when the first live forecast
+                        // is made (older history only feeds the fits). The headroom tuner's
+                        // shadows replay it too, so that the first live decision need not
+                        // wait hours for them to judge the forecast's bands.
+                        if i + 1 < n
+                            && n - i <= self.replay_steps
+                            && let Ok(f) = self.engine.forecast(self.lead_steps)
+                        {
+                            self.policy.warm(&Observation {
+                                now: s.at,
+                                demand: Some(s.value),
+                                current_replicas: current,
+                                ready_replicas: current,
+                                forecast: Some(&f),
+                            });
+                        }
+                    }
+                }
+                self.view.last_sample_at = self.newest_sample();
                 self.view.last_error = None;
-                self.view.reason = None;
+                self.view.reason = (!self.backlog.is_empty()).then(|| WARM_UP_QUEUED.to_string());
                 self.view.demand
             }
             Err(e) => {
@@ -1288,7 +1360,10 @@ impl Runtime {
             }
         };
         let horizon = (6 * 3600 / self.engine_step()).max(self.lead_steps as u64) as usize;
-        let forecast = if demand.is_some() {
+        // A warm-up that waits: no forecast (the engine lacks the tail), and the interim HPA
+        // decides, so the tuner's first live step comes after the replayed tail.
+        let waiting = !self.backlog.is_empty();
+        let forecast = if demand.is_some() && !waiting {
             match self.engine.forecast(horizon) {
                 Ok(f) => Some(f),
                 Err(e) => {
@@ -1301,13 +1376,22 @@ impl Runtime {
         } else {
             None
         };
-        let decision: Decision = self.policy.recommend(&Observation {
+        let obs = Observation {
             now,
             demand,
             current_replicas: current,
             ready_replicas: current,
             forecast: forecast.as_ref(),
-        });
+        };
+        let decision: Decision = if waiting {
+            let interim = self
+                .interim
+                .get_or_insert_with(|| self.policy.config().hpa());
+            interim.recommend(&obs)
+        } else {
+            self.interim = None;
+            self.policy.recommend(&obs)
+        };
         // A pin replaces the policy's answer until it ends (min/max still hold).
         let pc = self.policy.config();
         let pinned = controls
@@ -1362,7 +1446,7 @@ impl Runtime {
             forecast_peak: forecast.as_ref().map(|_| decision.reason.forecast_peak),
             forecast_peak_at: decision.reason.forecast_peak_at,
             quantile: forecast.as_ref().map(|f| f.quantile),
-            sample_at: self.last_sample,
+            sample_at: self.newest_sample(),
             unavailable: if demand.is_none() {
                 Some(
                     self.view

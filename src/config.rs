@@ -113,6 +113,23 @@ pub struct LoopConfig {
     /// Workloads fetched and forecast at the same time.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Wall time, from a loop's start, during which cold warm-ups may start: replaying the
+    /// last two days of a backfill (or of a long gap) through the backtests and the headroom
+    /// tuner, about half a second of CPU per workload. A cold workload that finds the budget
+    /// spent keeps its fetched samples, is decided as the HPA would decide it (term
+    /// `reactive`, state `warming_up`, reason `warm_up_queued`) and is warmed in a later
+    /// loop; one warm-up per loop always runs. So a fresh start with thousands of workloads
+    /// decides all of them in its first loop instead of none until all are warm. Default:
+    /// half of `interval`; at most 1 day.
+    #[serde(default, with = "humantime_serde")]
+    pub warmup_budget: Option<Duration>,
+}
+
+impl LoopConfig {
+    /// `warmup_budget`, or half the interval.
+    pub fn warmup_budget(&self) -> Duration {
+        self.warmup_budget.unwrap_or(self.interval / 2)
+    }
 }
 
 /// Listen addresses.
@@ -467,6 +484,7 @@ impl Default for LoopConfig {
             interval: default_interval(),
             history: default_history(),
             concurrency: default_concurrency(),
+            warmup_budget: None,
         }
     }
 }
@@ -728,6 +746,9 @@ impl Config {
         {
             return Err(invalid("store.retention", "must be in 1d..=100y"));
         }
+        if self.loop_.warmup_budget() > Duration::from_secs(86_400) {
+            return Err(invalid("loop.warmup_budget", "must be at most 1d"));
+        }
         let k = &self.keda;
         if k.stale_after.is_some_and(|d| d < self.loop_.interval) {
             return Err(invalid(
@@ -931,6 +952,7 @@ workloads:
     fn a_minimal_config_gets_documented_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.loop_.interval, Duration::from_secs(60));
+        assert_eq!(c.loop_.warmup_budget(), Duration::from_secs(30));
         assert_eq!(c.store.retention, Duration::from_secs(90 * 86_400));
         assert_eq!(c.listen.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.listen.grpc, "127.0.0.1:9090".parse().unwrap());
@@ -996,6 +1018,10 @@ workloads:
                     "{GOOD}kubernetes:\n  timeout: 6s\n  lease:\n    namespace: p\n    duration: 15s\n"
                 ),
                 "kubernetes.timeout",
+            ),
+            (
+                format!("{GOOD}loop:\n  warmup_budget: 2d\n"),
+                "loop.warmup_budget",
             ),
             (
                 format!("{GOOD}store:\n  retention: 2h\n"),

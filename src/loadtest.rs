@@ -79,6 +79,10 @@ pub struct LoopBench {
     pub step_seconds: u64,
     /// Wall time of the first loop (backfill, fits, replay of the last two days).
     pub warmup_seconds: f64,
+    /// `--warmup-budget`, seconds.
+    pub warmup_budget_seconds: u64,
+    /// Workloads whose warm-up still waited after the first loop, then after each steady one.
+    pub warmups_pending: Vec<i64>,
     /// Wall time of each steady-state loop.
     pub loop_seconds: Vec<f64>,
     /// Resident memory before the service was built, bytes.
@@ -130,11 +134,13 @@ pub async fn run(
     step: u64,
     loops: usize,
     concurrency: usize,
+    warmup_budget: Duration,
     heap: Option<fn() -> u64>,
 ) -> anyhow::Result<LoopBench> {
     let mut yaml = format!(
-        "prometheus:\n  url: http://127.0.0.1:9\n  timeout: 1s\nloop:\n  interval: {step}s\n  history: {}s\n  concurrency: {concurrency}\ndata_dir: {}\nworkloads:\n",
+        "prometheus:\n  url: http://127.0.0.1:9\n  timeout: 1s\nloop:\n  interval: {step}s\n  history: {}s\n  concurrency: {concurrency}\n  warmup_budget: {}s\ndata_dir: {}\nworkloads:\n",
         history.as_secs(),
+        warmup_budget.as_secs(),
         std::env::temp_dir().join("prescale-bench-loop").display()
     );
     for i in 0..n {
@@ -167,12 +173,15 @@ pub async fn run(
     let clock = Instant::now();
     service.run_once(now).await;
     let warmup = clock.elapsed().as_secs_f64();
+    let pending = |s: &Service| s.shared().metrics.warmups_pending.get();
+    let mut warmups_pending = vec![pending(&service)];
     let mut loop_seconds = Vec::new();
     for _ in 0..loops {
         now += step as i64;
         let clock = Instant::now();
         service.run_once(now).await;
         loop_seconds.push(clock.elapsed().as_secs_f64());
+        warmups_pending.push(pending(&service));
     }
     let rss_after = rss_bytes();
     let heap_per_workload_bytes = heap
@@ -203,6 +212,8 @@ pub async fn run(
         history_seconds: history.as_secs(),
         step_seconds: step,
         warmup_seconds: warmup,
+        warmup_budget_seconds: warmup_budget.as_secs(),
+        warmups_pending,
         loop_seconds,
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,

@@ -100,6 +100,10 @@ enum Command {
         /// Workloads processed at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// The loop's warm-up budget (`loop.warmup_budget`); the default lets the first loop
+        /// warm every workload, so that the steady loops and the restart are measured warm.
+        #[arg(long, default_value = "1d", value_parser = parse_duration)]
+        warmup_budget: u64,
     },
 }
 
@@ -248,7 +252,8 @@ fn main() -> std::process::ExitCode {
             step,
             loops,
             concurrency,
-        } => bench_loop(workloads, history, step, loops, concurrency),
+            warmup_budget,
+        } => bench_loop(workloads, history, step, loops, concurrency, warmup_budget),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -542,6 +547,7 @@ fn bench_loop(
     step: u64,
     loops: usize,
     concurrency: usize,
+    warmup_budget: u64,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -552,6 +558,7 @@ fn bench_loop(
         step,
         loops,
         concurrency,
+        Duration::from_secs(warmup_budget),
         None,
     ))?;
     writeln!(

@@ -132,6 +132,8 @@ pub struct Metrics {
     pub workloads: Gauge,
     /// `prescale_safe_to_act`: 0 while too many workloads fail and scale-downs are held.
     pub safe_to_act: Gauge,
+    /// `prescale_warmups_pending`: workloads whose warm-up waits for a loop's budget.
+    pub warmups_pending: Gauge,
     /// `prescale_model_refits_total`: refits of a workload's candidate models (one refit fits
     /// every candidate), summed over workloads.
     pub refits: Counter,
@@ -167,6 +169,7 @@ impl Metrics {
             actuations: Family::default(),
             safe_to_act: Gauge::default(),
             refits: Counter::default(),
+            warmups_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -235,6 +238,11 @@ impl Metrics {
             m.errors.clone(),
         );
         registry.register("workloads", "Workloads configured", m.workloads.clone());
+        registry.register(
+            "warmups_pending",
+            "Workloads whose warm-up waits for a loop's budget (decided as the HPA would meanwhile)",
+            m.warmups_pending.clone(),
+        );
         registry.register(
             "model_refits",
             "Refits of the workloads' candidate models (a restored state refits none until due)",

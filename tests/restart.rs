@@ -36,12 +36,26 @@ fn trace() -> Trace {
 }
 
 fn service(data: &std::path::Path, now: i64) -> (Service, Arc<Recording>) {
+    service_of(data, now, &["web"], "")
+}
+
+/// The bundled trace behind each of `names` (namespace `shop`); `loop_extra` is added to
+/// the loop settings.
+fn service_of(
+    data: &std::path::Path,
+    now: i64,
+    names: &[&str],
+    loop_extra: &str,
+) -> (Service, Arc<Recording>) {
     let trace = trace();
     let cap = trace.value_quantile(0.99) / 20.0;
-    let yaml = format!(
-        "{}- {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m}}\n",
-        common::test_config_head(data)
-    );
+    let mut yaml = common::test_config_head(data)
+        .replace("history: 7d}", &format!("history: 7d{loop_extra}}}"));
+    for name in names {
+        yaml += &format!(
+            "- {{namespace: shop, name: {name}, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m}}\n"
+        );
+    }
     let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
     let source = Arc::new(Recording {
         inner: TraceSource::new(&trace),
@@ -191,4 +205,70 @@ async fn a_cold_start_warms_the_headroom_tuner_from_the_backfill() {
     // provisions for a judged headroom rather than reacting while they learn.
     let term = v.term.unwrap();
     assert_ne!(term, "reactive", "the tuner was not warmed by the backfill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_past_its_warm_up_budget_decides_every_workload_and_warms_the_rest_later() {
+    let data = tempfile::tempdir().unwrap();
+    let t0 = trace().timestamps[0] + 7 * 86_400;
+    let names = ["a", "b", "c"];
+    // No budget: one warm-up per loop, the others wait.
+    let (svc, asked) = service_of(data.path(), t0, &names, ", warmup_budget: 0s");
+    let cap = trace().value_quantile(0.99) / 20.0;
+    let views = |svc: &Service| {
+        let shared = svc.shared();
+        let v = shared.views.read().unwrap();
+        names
+            .iter()
+            .map(|n| v[&format!("shop/{n}")].clone())
+            .collect::<Vec<_>>()
+    };
+    let mut t = t0;
+    for loop_ in 0..3_i64 {
+        svc.run_once(t).await;
+        let waiting = 2 - loop_;
+        assert_eq!(
+            svc.shared().metrics.warmups_pending.get(),
+            waiting,
+            "loop {loop_}"
+        );
+        let vs = views(&svc);
+        let queued: Vec<_> = vs
+            .iter()
+            .filter(|v| v.reason.as_deref() == Some("warm_up_queued"))
+            .collect();
+        assert_eq!(queued.len() as i64, waiting, "loop {loop_}");
+        for v in &vs {
+            // Every workload is decided in every loop, from its newest sample.
+            let demand = v.demand.unwrap();
+            let desired = v.desired_replicas.unwrap();
+            assert_eq!(v.last_sample_at, Some(t - t.rem_euclid(STEP)), "{}", v.name);
+            if v.reason.is_some() {
+                // As the HPA would: current demand at 70% of capacity, no forecast yet.
+                assert_eq!(v.term.as_deref(), Some("reactive"), "{}", v.name);
+                assert_eq!(v.state, prescale::app::WorkloadState::WarmingUp);
+                assert!(v.forecast.is_none());
+                assert!(f64::from(desired) * cap * 0.7 >= demand * 0.9, "{}", v.name);
+            } else {
+                // Warmed: its tuner saw the replayed tail before its first live step.
+                assert!(v.forecast.is_some(), "{}", v.name);
+                assert_ne!(
+                    v.term.as_deref(),
+                    Some("reactive"),
+                    "{} loop {loop_}",
+                    v.name
+                );
+            }
+        }
+        t += STEP;
+    }
+    // Each workload fetched its 7 days once: a waiting one keeps what it fetched.
+    let long = asked
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.end - w.start > 86_400)
+        .count();
+    assert_eq!(long, names.len());
 }

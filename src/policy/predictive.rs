@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BAND_LEVELS, Decision, Forecast, Reason, Term, Timestamp};
 
-use super::hpa::replicas_for;
+use super::hpa::{HpaConfig, HpaPolicy, replicas_for};
 use super::tuner::{Rung, Tuner, TunerState};
 use super::{Observation, ScalingPolicy};
 
@@ -74,6 +74,18 @@ pub enum PolicyConfigError {
 }
 
 impl PolicyConfig {
+    /// The HPA this policy is measured against (`hpa_target_utilization`, the same bounds
+    /// and period), fresh.
+    pub fn hpa(&self) -> HpaPolicy {
+        HpaPolicy::new(
+            HpaConfig {
+                target_utilization: self.hpa_target_utilization,
+                ..HpaConfig::new(self.capacity, self.min_replicas, self.max_replicas)
+            },
+            self.period_seconds,
+        )
+    }
+
     /// Defaults for everything but capacity, bounds and timing.
     pub fn new(
         capacity: f64,

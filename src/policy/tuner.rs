@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BAND_LEVELS, SavedSums, SlidingSums, Timestamp};
 
-use super::hpa::{HpaConfig, HpaMemory, HpaPolicy};
+use super::hpa::{HpaMemory, HpaPolicy};
 use super::pods::{Pods, unserved};
 use super::predictive::{
     Headroom, PolicyConfig, PolicyState, PolicyStateMismatch, PredictivePolicy,
@@ -154,13 +154,7 @@ impl Tuner {
                 )
             })
             .collect();
-        let hpa = HpaPolicy::new(
-            HpaConfig {
-                target_utilization: cfg.hpa_target_utilization,
-                ..HpaConfig::new(cfg.capacity, cfg.min_replicas, cfg.max_replicas)
-            },
-            cfg.period_seconds,
-        );
+        let hpa = cfg.hpa();
         Self {
             rungs,
             shadows,
