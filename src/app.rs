@@ -112,7 +112,8 @@ pub struct WorkloadView {
     pub mode: Mode,
     /// State.
     pub state: WorkloadState,
-    /// Why the state is what it is (the error kind when degraded).
+    /// Why the state is what it is (the error kind when degraded; `warm_up_queued` while
+    /// its warm-up waits for a loop's budget).
     pub reason: Option<String>,
     /// The last error, if any, in words.
     pub last_error: Option<String>,
@@ -1278,8 +1279,6 @@ impl Runtime {
         self.cfg.mode != Mode::Observe && self.cfg.actuator == ActuatorKind::Scale
     }
 
-    /// Folds new samples in, forecasts, decides, and updates the view, the publication and
-    /// the metrics. Returns what the `/scale` actuator should apply, if anything.
     /// The newest sample fetched: in the engine, or waiting in the backlog.
     fn newest_sample(&self) -> Option<Timestamp> {
         self.backlog.last().map(|s| s.at).or(self.last_sample)
@@ -1294,6 +1293,8 @@ impl Runtime {
         self.view.demand = Some(s.value);
     }
 
+    /// Folds new samples in, forecasts, decides, and updates the view, the publication and
+    /// the metrics. Returns what the `/scale` actuator should apply, if anything.
     fn process(
         &mut self,
         fetched: Result<Vec<Sample>, CollectError>,
