@@ -1010,13 +1010,12 @@ impl Engine {
             .map(|(saved, c)| SlidingSums::from_saved(saved.losses.clone(), &c.losses))
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
-        let periods = &s.periods;
         let fits: Vec<Option<Box<dyn FittedModel>>> = s
             .cands
             .iter_mut()
             .map(|c| match c.fit.take() {
                 None => Some(None),
-                Some(f) => f.model(c.kind, periods, end).map(Some),
+                Some(f) => f.model(c.kind, end).map(Some),
             })
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
@@ -1233,10 +1232,9 @@ mod tests {
             "another quantile"
         );
         // Tampered states are refused, never taken up to fail later.
-        let tampered: [fn(&mut EngineState); 10] = [
-            // A fit saved for another model; periods the fits were not made for.
+        let tampered: [fn(&mut EngineState); 9] = [
+            // A fit saved for another model.
             |s| s.cands[1].fit = s.cands[2].fit.clone(),
-            |s| s.periods.push(7),
             // A thin window longer than a thin window holds; the selected model's thin.
             |s| {
                 let c = s.cands.iter_mut().find(|c| !c.full).unwrap();

@@ -31,11 +31,11 @@ pub(super) struct FittedLag {
 }
 
 impl FittedLag {
-    /// Whether a saved fit can be taken up for `periods`: one coefficient per feature, and
-    /// finite numbers (a NaN ceiling would make the clamp in `predict` panic).
-    pub(super) fn fits(&self, periods: &[usize]) -> bool {
-        self.periods == periods
-            && self.coef.len() == LAGS + 1 + 2 * periods.len()
+    /// Whether a saved fit can be taken up: periods of at least 1 step, one coefficient per
+    /// feature, and finite numbers (a NaN ceiling would make the clamp in `predict` panic).
+    pub(super) fn fits(&self) -> bool {
+        !self.periods.contains(&0)
+            && self.coef.len() == LAGS + 1 + 2 * self.periods.len()
             && self.coef.iter().all(|c| c.is_finite())
             && self.intercept.is_finite()
             && self.ceiling.is_finite()
@@ -188,8 +188,10 @@ mod tests {
             intercept: 1.0,
             ceiling: 30.0,
         };
-        assert!(good.fits(&[20]));
-        let damaged: [fn(&mut FittedLag); 4] = [
+        assert!(good.fits());
+        let damaged: [fn(&mut FittedLag); 6] = [
+            |m| m.periods = vec![20, 40],
+            |m| m.periods = vec![0],
             |m| m.coef.pop().map(drop).unwrap_or(()),
             |m| m.coef[0] = f64::INFINITY,
             |m| m.ceiling = f64::NAN,
@@ -198,7 +200,7 @@ mod tests {
         for (k, damage) in damaged.iter().enumerate() {
             let mut m = good.clone();
             damage(&mut m);
-            assert!(!m.fits(&[20]), "damage {k} taken up");
+            assert!(!m.fits(), "damage {k} taken up");
         }
     }
 

@@ -62,16 +62,15 @@ pub(super) struct FittedMstl {
 }
 
 impl FittedMstl {
-    /// Whether a saved fit can be taken up for `periods` on a grid ending at `end`.
-    pub(super) fn fits(&self, periods: &[usize], end: usize) -> bool {
+    /// Whether a saved fit can be taken up on a grid ending at `end`.
+    pub(super) fn fits(&self, end: usize) -> bool {
         self.train_end <= end
             && self.trend.is_finite()
-            && self.seasons.len() == periods.len()
+            && !self.seasons.is_empty()
             && self
                 .seasons
                 .iter()
-                .zip(periods)
-                .all(|(c, &p)| c.codes.len() == p && c.scale.is_finite())
+                .all(|c| !c.codes.is_empty() && c.scale.is_finite())
     }
 
     fn season(&self, j: usize) -> f64 {
