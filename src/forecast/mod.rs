@@ -10,7 +10,8 @@
 //! 1. Write a type implementing [`Forecaster`] (fit on a [`Window`] of history) whose fitted
 //!    value implements [`FittedModel`] (predict `horizon` steps after the end of a context
 //!    window that may extend past the training data: models are refit on a schedule but
-//!    predict at every step).
+//!    predict at every step), and whose `saved` form is a new `SavedRepr` variant (checked
+//!    in [`SavedFit`]'s `model` before a restart takes it up).
 //! 2. Add a variant to [`ModelKind`] with its stable snake_case name and build it in
 //!    [`ModelKind::build`].
 //! 3. Add it to a preset under `models/` and document it in `models/README.md`.
