@@ -50,6 +50,8 @@ struct LoopPass {
     /// Cold warm-ups start before this (the first of the loop starts anyway).
     deadline: std::time::Instant,
     started: std::sync::atomic::AtomicBool,
+    /// Workloads whose warm-up still waits after their pass.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl LoopPass {
@@ -775,6 +777,7 @@ impl Service {
                 .load(std::sync::atomic::Ordering::SeqCst),
             deadline: clock + self.cfg.loop_.warmup_budget(),
             started: std::sync::atomic::AtomicBool::new(false),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let jobs: Vec<_> = self
             .runtimes
@@ -848,11 +851,7 @@ impl Service {
             .buffer_unordered(self.cfg.loop_.concurrency)
             .collect::<Vec<()>>()
             .await;
-        let waiting = self
-            .runtimes
-            .iter()
-            .filter(|rt| rt.lock().is_ok_and(|r| !r.backlog.is_empty()))
-            .count();
+        let waiting = pass.waiting.load(std::sync::atomic::Ordering::SeqCst);
         self.shared.metrics.warmups_pending.set(waiting as i64);
         self.apply_approved(now).await;
         self.update_safety();
@@ -1364,6 +1363,10 @@ impl Runtime {
         // A warm-up that waits: no forecast (the engine lacks the tail), and the interim HPA
         // decides, so the tuner's first live step comes after the replayed tail.
         let waiting = !self.backlog.is_empty();
+        if waiting {
+            pass.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let forecast = if demand.is_some() && !waiting {
             match self.engine.forecast(horizon) {
                 Ok(f) => Some(f),
