@@ -371,7 +371,8 @@ const MODELS_EVERY: Duration = Duration::from_secs(900);
 /// Format of `models.bin`; a file of another format is not read (workloads start cold).
 /// 4: each entry holds the policy's state too (stabilisation, headroom tuner).
 /// 5: the forecasting state holds each candidate's fitted model (no refit at restart).
-const MODELS_FORMAT: u32 = 5;
+/// 6: the policy's state holds the settings it was made with (refused when they changed).
+const MODELS_FORMAT: u32 = 6;
 
 /// How `models.bin` is encoded (bincode, fixed-width integers), written and read alike.
 fn models_codec() -> impl bincode::Options + Copy {

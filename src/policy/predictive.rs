@@ -171,6 +171,10 @@ impl PolicyConfig {
 /// shadows have scored their decisions again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyState {
+    /// The settings the state was made with (`None` in the tuner's shadows, whose settings
+    /// follow from their policy's): replica counts and shadow scores mean something only at
+    /// the capacity, lead time and targets they were counted with.
+    settings: Option<PolicyConfig>,
     recent: Vec<(Timestamp, u32)>,
     /// Boxed: the tuner's state holds its shadows' states, of this type.
     tuner: Option<Box<TunerState>>,
@@ -227,17 +231,30 @@ impl PredictivePolicy {
     /// Everything the policy remembers, as plain data.
     pub fn state(&self) -> PolicyState {
         PolicyState {
+            settings: Some(self.cfg.clone()),
+            ..self.memory()
+        }
+    }
+
+    /// What a tuner's shadow saves: its memory without the settings.
+    pub(super) fn memory(&self) -> PolicyState {
+        PolicyState {
+            settings: None,
             recent: self.recent.iter().copied().collect(),
             tuner: self.tuner.as_ref().map(|t| Box::new(t.state())),
         }
     }
 
     /// Takes up a state saved by [`PredictivePolicy::state`]. A state from other settings
-    /// (headroom rule, tuning window) is refused and the policy is left as it was.
+    /// (capacity, lead time, targets, headroom rule, tuning window, any field of
+    /// [`PolicyConfig`]) is refused and the policy is left as it was.
     ///
     /// # Errors
     /// [`PolicyStateMismatch`] naming what changed.
     pub fn restore(&mut self, s: PolicyState) -> Result<(), PolicyStateMismatch> {
+        if s.settings.as_ref().is_some_and(|saved| *saved != self.cfg) {
+            return Err(PolicyStateMismatch("policy settings changed"));
+        }
         let tuner = match (self.tuner.as_deref(), s.tuner) {
             (Some(t), Some(saved)) => Some(Box::new(t.restored(*saved)?)),
             (None, None) => None,
@@ -589,9 +606,24 @@ mod tests {
         refused(
             PolicyConfig {
                 tuning_window_seconds: cfg.tuning_window_seconds * 2,
-                ..cfg
+                ..cfg.clone()
             },
             "another tuning window",
+        );
+        // Replica counts and shadow scores were counted at the old capacity.
+        refused(
+            PolicyConfig {
+                capacity: cfg.capacity * 2.0,
+                ..cfg.clone()
+            },
+            "another capacity per replica",
+        );
+        refused(
+            PolicyConfig {
+                startup_seconds: cfg.startup_seconds + 60,
+                ..cfg
+            },
+            "another startup time",
         );
     }
 

@@ -88,7 +88,7 @@ impl Shadow {
     fn state(&self) -> ShadowState {
         ShadowState {
             policy: match &self.policy {
-                ShadowPolicy::Predictive(p) => ShadowMemory::Predictive(p.state()),
+                ShadowPolicy::Predictive(p) => ShadowMemory::Predictive(p.memory()),
                 ShadowPolicy::Hpa(h) => ShadowMemory::Hpa(h.memory()),
             },
             pods: self.pods.as_ref().map(Pods::groups),
