@@ -47,6 +47,163 @@ async fn audit_count(s: &Store, target: &str, action: &str) -> usize {
         .count()
 }
 
+/// What the loop reads (`lapsed`, `all_last_applied`, kept in `heads` by every write),
+/// against the same answers computed from the whole history, as the store did before.
+async fn assert_heads_match_history(s: &Store, raw: &sqlx::AnyPool) {
+    use sqlx::Row;
+    let lapsed: std::collections::HashSet<String> = sqlx::query(
+        "SELECT r.namespace, r.workload FROM recommendations r \
+         WHERE r.state IN ('expired', 'failed') AND NOT EXISTS (SELECT 1 FROM recommendations n \
+         WHERE n.namespace = r.namespace AND n.workload = r.workload \
+         AND (n.created_at > r.created_at OR (n.created_at = r.created_at AND n.id > r.id)))",
+    )
+    .fetch_all(raw)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1)))
+    .collect();
+    let applied: std::collections::HashMap<String, u32> = sqlx::query(
+        "SELECT r.namespace, r.workload, r.to_replicas FROM recommendations r \
+         WHERE r.state = 'applied' AND NOT EXISTS (SELECT 1 FROM recommendations n \
+         WHERE n.namespace = r.namespace AND n.workload = r.workload AND n.state = 'applied' \
+         AND (n.updated_at > r.updated_at OR (n.updated_at = r.updated_at AND n.id > r.id)))",
+    )
+    .fetch_all(raw)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        let to: i64 = r.get(2);
+        (
+            format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1)),
+            u32::try_from(to).unwrap(),
+        )
+    })
+    .collect();
+    assert_eq!(s.lapsed().await.unwrap(), lapsed);
+    assert_eq!(s.all_last_applied().await.unwrap(), applied);
+}
+
+/// A connection of its own to the store's database, as another (older) binary would have.
+async fn raw_pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(url).await.unwrap()
+}
+
+/// Each workload's lapsed wish and last applied replicas through a lifecycle, and with many
+/// writers of the same workloads at once; a write the store did not make (an older binary's)
+/// is taken up at the next open.
+async fn heads(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    let raw = raw_pool(url).await;
+    let now = 1_900_000_000;
+    let key = "shop/heads";
+    let pending = rec("heads", 4, now);
+    s.create(&pending, "prescale").await.unwrap();
+    assert!(!s.lapsed().await.unwrap().contains(key));
+    assert!(!s.all_last_applied().await.unwrap().contains_key(key));
+    assert!(s.expire(now + 601).await.unwrap() >= 1);
+    assert_eq!(s.get(&pending.id).await.unwrap().state, RecState::Expired);
+    assert!(s.lapsed().await.unwrap().contains(key), "expired undecided");
+    let approved = Recommendation {
+        state: RecState::Approved,
+        ..rec("heads", 9, now + 700)
+    };
+    s.create(&approved, "prescale").await.unwrap();
+    assert!(!s.lapsed().await.unwrap().contains(key), "a newer wish");
+    assert!(
+        s.finish(&approved.id, RecState::Applied, "ok", now + 710)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.all_last_applied().await.unwrap()[key], 9);
+    let rejected = rec("heads", 11, now + 800);
+    s.create(&rejected, "prescale").await.unwrap();
+    s.decide(&rejected.id, RecState::Rejected, "bob", None, now + 810)
+        .await
+        .unwrap();
+    assert!(
+        !s.lapsed().await.unwrap().contains(key),
+        "rejected is not lapsed"
+    );
+    let failing = Recommendation {
+        state: RecState::Approved,
+        ..rec("heads", 12, now + 900)
+    };
+    s.create(&failing, "prescale").await.unwrap();
+    assert!(
+        s.finish(&failing.id, RecState::Failed, "403", now + 910)
+            .await
+            .unwrap()
+    );
+    assert!(s.lapsed().await.unwrap().contains(key), "failed");
+    assert_eq!(
+        s.all_last_applied().await.unwrap()[key],
+        9,
+        "still the applied one"
+    );
+    assert_heads_match_history(&s, &raw).await;
+
+    // Writers racing on four workloads: proposals, decisions, outcomes and expiry at once.
+    // Four replicas of prescale on one database, one of them opening (rebuilding) meanwhile.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(std::sync::Arc::new(Store::open(url).await.unwrap()));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..40i64 {
+        if i == 20 {
+            replicas.push(std::sync::Arc::new(Store::open(url).await.unwrap()));
+        }
+        let s = replicas[i as usize % replicas.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let w = format!("race{}", i % 4);
+            let t = now + 1000 + i;
+            let state = if i % 3 == 0 {
+                RecState::Approved
+            } else {
+                RecState::Pending
+            };
+            let r = Recommendation {
+                state,
+                valid_until: t + if i % 5 == 0 { 0 } else { 600 },
+                ..rec(&w, 2 + (i % 7) as u32, t)
+            };
+            if s.create(&r, "prescale").await.unwrap() {
+                match i % 3 {
+                    0 => drop(
+                        s.finish(&r.id, RecState::Applied, "ok", t + 1)
+                            .await
+                            .unwrap(),
+                    ),
+                    1 => drop(s.decide(&r.id, RecState::Rejected, "bob", None, t).await),
+                    _ => drop(s.expire(t + 1).await.unwrap()),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_heads_match_history(&s, &raw).await;
+
+    // An older binary (no `heads`) applies the failed one: the open store does not see it...
+    sqlx::query("UPDATE recommendations SET state = 'applied', updated_at = $1 WHERE id = $2")
+        .bind(now + 2000)
+        .bind(&failing.id)
+        .execute(&raw)
+        .await
+        .unwrap();
+    assert_eq!(s.all_last_applied().await.unwrap()[key], 9);
+    // ...and a restart rebuilds the heads from the history.
+    drop(s);
+    let s = Store::open(url).await.unwrap();
+    assert_eq!(s.all_last_applied().await.unwrap()[key], 12);
+    assert!(!s.lapsed().await.unwrap().contains(key));
+    assert_heads_match_history(&s, &raw).await;
+}
+
 async fn suite(url: &str) {
     let s = Store::open(url).await.unwrap();
     let now = 1_800_000_000;
@@ -398,10 +555,12 @@ async fn sqlite() {
     let dir = tempfile::tempdir().unwrap();
     suite(&Store::sqlite_url(dir.path())).await;
     assert!(dir.path().join("prescale.db").exists());
+    heads(&Store::sqlite_url(dir.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
     let pg = common::Postgres::start();
     suite(&pg.url).await;
+    heads(&pg.url).await;
 }

@@ -388,15 +388,48 @@ impl Store {
                 "applied recommendations by workload",
                 include_str!("../../migrations/0003_applied_by_workload.sql"),
             ),
+            migration(
+                4,
+                "each workload's newest recommendation and newest applied one",
+                include_str!("../../migrations/0004_heads.sql"),
+            ),
         ]);
         // A binary older than the database (a rollback, an old pod during a rolling update)
         // keeps working: every migration so far only adds.
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
             sqlite: url.starts_with("sqlite:"),
-        })
+        };
+        store.rebuild_heads().await?;
+        Ok(store)
+    }
+
+    /// Rebuilds `heads` from the recommendations (one scan, at start): it then holds what
+    /// writes made by a binary that did not keep it (before migration 4) changed.
+    async fn rebuild_heads(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        if !self.sqlite {
+            // Another replica's write that already refreshed its row waits to commit before
+            // this rebuild reads, and one still to refresh its row does so after the rebuild
+            // commits, seeing what the rebuild saw and its own write: no head goes stale.
+            // (SQLite's immediate transaction already excludes every other writer.)
+            sqlx::query("LOCK TABLE heads IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM heads").execute(&mut *tx).await?;
+        let [state, applied] = head_values("w.namespace", "w.workload");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO heads (namespace, workload, newest_state, applied_replicas) \
+             SELECT w.namespace, w.workload, {state}, {applied} \
+             FROM (SELECT DISTINCT namespace, workload FROM recommendations) w"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A transaction that reads before it writes. SQLite's default deferred transaction
@@ -504,6 +537,7 @@ impl Store {
             &detail.to_string(),
         )
         .await?;
+        refresh_head(&mut tx, &rec.namespace, &rec.workload).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -542,18 +576,17 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE recommendations SET state = $1, decided_by = $2, decided_at = $3, comment = $4, updated_at = $3 \
-             WHERE id = $5 AND state = 'pending' AND valid_until >= $3",
+             WHERE id = $5 AND state = 'pending' AND valid_until >= $3 RETURNING namespace, workload",
         )
         .bind(to.as_str())
         .bind(actor)
         .bind(now)
         .bind(comment.map(str::to_string))
         .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if changed {
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = changed {
+            refresh_head(&mut tx, row.try_get("namespace")?, row.try_get("workload")?).await?;
             let action = if to == RecState::Approved {
                 "approve"
             } else {
@@ -600,13 +633,13 @@ impl Store {
         let mut n = 0;
         for id in ids {
             let mut tx = self.pool.begin().await?;
-            let done = sqlx::query("UPDATE recommendations SET state = 'expired', updated_at = $1 WHERE id = $2 AND state = 'pending'")
+            let done = sqlx::query("UPDATE recommendations SET state = 'expired', updated_at = $1 WHERE id = $2 AND state = 'pending' RETURNING namespace, workload")
                 .bind(now)
                 .bind(&id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if done == 1 {
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = done {
+                refresh_head(&mut tx, row.try_get("namespace")?, row.try_get("workload")?).await?;
                 audit(&mut tx, now, "prescale", "expire", &id, "{}").await?;
                 n += 1;
             }
@@ -629,16 +662,15 @@ impl Store {
     ) -> Result<bool, StoreError> {
         debug_assert!(matches!(to, RecState::Applied | RecState::Failed));
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE recommendations SET state = $1, outcome = $2, updated_at = $3 WHERE id = $4 AND state = 'approved'")
+        let done = sqlx::query("UPDATE recommendations SET state = $1, outcome = $2, updated_at = $3 WHERE id = $4 AND state = 'approved' RETURNING namespace, workload")
             .bind(to.as_str())
             .bind(outcome)
             .bind(now)
             .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if done {
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = &done {
+            refresh_head(&mut tx, row.try_get("namespace")?, row.try_get("workload")?).await?;
             let action = if to == RecState::Applied {
                 "apply"
             } else {
@@ -648,7 +680,7 @@ impl Store {
             audit(&mut tx, now, "prescale", action, id, &detail.to_string()).await?;
         }
         tx.commit().await?;
-        Ok(done)
+        Ok(done.is_some())
     }
 
     /// Recommendations, newest first.
@@ -752,20 +784,23 @@ impl Store {
     pub async fn all_overrides(
         &self,
     ) -> Result<std::collections::HashMap<String, Vec<Override>>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT namespace, workload FROM overrides")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = std::collections::HashMap::new();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OVERRIDE_COLUMNS} FROM overrides ORDER BY namespace, workload, created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::<String, Vec<Override>>::new();
         for r in &rows {
-            let ns: String = r.try_get("namespace")?;
-            let wl: String = r.try_get("workload")?;
-            let list = self.overrides(&ns, &wl).await?;
-            out.insert(format!("{ns}/{wl}"), list);
+            let o = override_from_row(r)?;
+            out.entry(format!("{}/{}", o.namespace, o.workload))
+                .or_default()
+                .push(o);
         }
         Ok(out)
     }
 
-    /// The replicas of each workload's newest applied recommendation, by `namespace/workload`.
+    /// The replicas of each workload's newest applied recommendation, by `namespace/workload`
+    /// (one row per workload, from `heads`: the loop reads it every loop).
     ///
     /// # Errors
     /// Database errors.
@@ -773,17 +808,14 @@ impl Store {
         &self,
     ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
         let rows = sqlx::query(
-            "SELECT r.namespace, r.workload, r.to_replicas FROM recommendations r \
-             JOIN (SELECT namespace, workload, MAX(updated_at) AS newest FROM recommendations \
-                   WHERE state = 'applied' GROUP BY namespace, workload) l \
-             ON r.namespace = l.namespace AND r.workload = l.workload AND r.updated_at = l.newest \
-             WHERE r.state = 'applied' ORDER BY r.id",
+            "SELECT namespace, workload, applied_replicas FROM heads \
+             WHERE applied_replicas IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                let to: i64 = r.try_get("to_replicas")?;
+                let to: i64 = r.try_get("applied_replicas")?;
                 Ok((
                     row_key(r)?,
                     u32::try_from(to).map_err(|_| StoreError::Corrupt("to_replicas".into()))?,
@@ -794,16 +826,13 @@ impl Store {
 
     /// Workloads (`namespace/workload`) whose newest recommendation ended without being
     /// applied or rejected (expired or failed): a wish proposed then may be proposed again.
+    /// One row per workload, from `heads`.
     ///
     /// # Errors
     /// Database errors.
     pub async fn lapsed(&self) -> Result<std::collections::HashSet<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT r.namespace, r.workload FROM recommendations r \
-             JOIN (SELECT namespace, workload, MAX(created_at) AS newest FROM recommendations \
-                   GROUP BY namespace, workload) l \
-             ON r.namespace = l.namespace AND r.workload = l.workload AND r.created_at = l.newest \
-             WHERE r.state IN ('expired', 'failed')",
+            "SELECT namespace, workload FROM heads WHERE newest_state IN ('expired', 'failed')",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -1082,30 +1111,33 @@ impl Store {
         namespace: &str,
         workload: &str,
     ) -> Result<Vec<Override>, StoreError> {
-        let rows = sqlx::query("SELECT id, namespace, workload, min_replicas, cron, timezone, duration_seconds, created_at FROM overrides WHERE namespace = $1 AND workload = $2 ORDER BY created_at, id")
-            .bind(namespace)
-            .bind(workload)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let min: i64 = r.try_get("min_replicas")?;
-                let dur: i64 = r.try_get("duration_seconds")?;
-                Ok(Override {
-                    id: r.try_get("id")?,
-                    namespace: r.try_get("namespace")?,
-                    workload: r.try_get("workload")?,
-                    min_replicas: u32::try_from(min)
-                        .map_err(|_| StoreError::Corrupt("min_replicas".into()))?,
-                    cron: r.try_get("cron")?,
-                    timezone: r.try_get("timezone")?,
-                    duration_seconds: u64::try_from(dur)
-                        .map_err(|_| StoreError::Corrupt("duration".into()))?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OVERRIDE_COLUMNS} FROM overrides WHERE namespace = $1 AND workload = $2 ORDER BY created_at, id"
+        )))
+        .bind(namespace)
+        .bind(workload)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(override_from_row).collect()
     }
+}
+
+const OVERRIDE_COLUMNS: &str =
+    "id, namespace, workload, min_replicas, cron, timezone, duration_seconds, created_at";
+
+fn override_from_row(r: &AnyRow) -> Result<Override, StoreError> {
+    let min: i64 = r.try_get("min_replicas")?;
+    let dur: i64 = r.try_get("duration_seconds")?;
+    Ok(Override {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        workload: r.try_get("workload")?,
+        min_replicas: u32::try_from(min).map_err(|_| StoreError::Corrupt("min_replicas".into()))?,
+        cron: r.try_get("cron")?,
+        timezone: r.try_get("timezone")?,
+        duration_seconds: u64::try_from(dur).map_err(|_| StoreError::Corrupt("duration".into()))?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 /// `namespace/workload` of a row that has both columns.
@@ -1122,6 +1154,49 @@ fn controls_from_row(r: &AnyRow) -> Result<Controls, StoreError> {
         pinned_replicas: pinned.and_then(|p| u32::try_from(p).ok()),
         pinned_until: r.try_get("pinned_until")?,
     })
+}
+
+/// The two values of a workload's `heads` row (`newest_state`, `applied_replicas`) computed
+/// from its recommendations, for the workload named by the SQL expressions `ns` and `wl`;
+/// each is found through an index without visiting the workload's other rows.
+fn head_values(ns: &str, wl: &str) -> [String; 2] {
+    let of = format!("FROM recommendations r WHERE r.namespace = {ns} AND r.workload = {wl}");
+    [
+        format!("(SELECT r.state {of} ORDER BY r.created_at DESC, r.id DESC LIMIT 1)"),
+        format!(
+            "(SELECT r.to_replicas {of} AND r.state = 'applied' \
+             ORDER BY r.updated_at DESC, r.id DESC LIMIT 1)"
+        ),
+    ]
+}
+
+/// Brings a workload's `heads` row up to date with its recommendations, as the last step of a
+/// transaction that changed them. The row is locked by a statement of its own before it is
+/// computed: on PostgreSQL a concurrent writer of the same workload then waits for this
+/// transaction to commit, and its own computation, a later statement, sees this write.
+async fn refresh_head(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    namespace: &str,
+    workload: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO heads (namespace, workload) VALUES ($1, $2) \
+         ON CONFLICT (namespace, workload) DO UPDATE SET namespace = excluded.namespace",
+    )
+    .bind(namespace)
+    .bind(workload)
+    .execute(&mut **tx)
+    .await?;
+    let [state, applied] = head_values("$1", "$2");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE heads SET newest_state = {state}, applied_replicas = {applied} \
+         WHERE namespace = $1 AND workload = $2"
+    )))
+    .bind(namespace)
+    .bind(workload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn audit(
