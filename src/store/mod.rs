@@ -818,7 +818,8 @@ impl Store {
                 let to: i64 = r.try_get("applied_replicas")?;
                 Ok((
                     row_key(r)?,
-                    u32::try_from(to).map_err(|_| StoreError::Corrupt("to_replicas".into()))?,
+                    u32::try_from(to)
+                        .map_err(|_| StoreError::Corrupt("applied_replicas".into()))?,
                 ))
             })
             .collect()
@@ -1170,8 +1171,8 @@ fn head_values(ns: &str, wl: &str) -> [String; 2] {
     ]
 }
 
-/// Brings a workload's `heads` row up to date with its recommendations, as the last step of a
-/// transaction that changed them. The row is locked by a statement of its own before it is
+/// Brings a workload's `heads` row up to date with its recommendations, in a transaction after
+/// its changes to them. The row is locked by a statement of its own before it is
 /// computed: on PostgreSQL a concurrent writer of the same workload then waits for this
 /// transaction to commit, and its own computation, a later statement, sees this write.
 async fn refresh_head(
