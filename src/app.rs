@@ -372,7 +372,8 @@ const MODELS_EVERY: Duration = Duration::from_secs(900);
 /// 4: each entry holds the policy's state too (stabilisation, headroom tuner).
 /// 5: the forecasting state holds each candidate's fitted model (no refit at restart).
 /// 6: the policy's state holds the settings it was made with (refused when they changed).
-const MODELS_FORMAT: u32 = 6;
+/// 7: the forecasting state holds the share of zero samples (the `auto` residual scale).
+const MODELS_FORMAT: u32 = 7;
 
 /// How `models.bin` is encoded (bincode, fixed-width integers), written and read alike.
 fn models_codec() -> impl bincode::Options + Copy {

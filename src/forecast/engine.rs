@@ -15,6 +15,12 @@ use super::{
     clip_outliers, detect_periods, level_shift_start,
 };
 
+/// Demand counts as intermittent once this share of recent samples is zero: an average
+/// interval between non-zero samples of 1.32 or more (Syntetos and Boylan's cut-off
+/// between smooth and intermittent demand) is a zero share of about 0.24...
+const INTERMITTENT_ENTER: f64 = 0.25;
+/// ...and stops counting as intermittent below this share.
+const INTERMITTENT_LEAVE: f64 = 0.2;
 /// Switching models needs this relative improvement (hysteresis against flapping).
 const SWITCH_MARGIN: f64 = 0.03;
 /// Published forecasts whose coverage decides `confident`.
@@ -251,6 +257,11 @@ pub struct Engine {
     sel_window: usize,
     max_fill: usize,
     level: f64,
+    /// Moving share of samples that are exactly zero (same rate as `level`).
+    zero_share: f64,
+    /// Demand is intermittent (see [`ResidualScale::Auto`]): residuals are then scaled in
+    /// demand units.
+    intermittent: bool,
     periods: Vec<usize>,
     last_fit_end: Option<usize>,
     fit: FitSettings,
@@ -343,6 +354,8 @@ impl Engine {
             refit_steps,
             sel_window,
             level: 0.0,
+            zero_share: 0.0,
+            intermittent: false,
             periods: Vec::new(),
             last_fit_end: None,
             fit,
@@ -451,6 +464,7 @@ impl Engine {
             self.grid = Grid::default().with_room(self.keep);
             self.grid.push(value);
             self.level = value;
+            self.zero_share = f64::from(u8::from(value == 0.0));
             return Ok(());
         };
         if ts <= self.last_ts {
@@ -481,6 +495,14 @@ impl Engine {
             self.mature(idx);
         }
         self.level += 0.01 * (value - self.level);
+        self.zero_share += 0.01 * (f64::from(u8::from(value == 0.0)) - self.zero_share);
+        // Hysteresis around the threshold, so a series near it does not flip its residual
+        // scale (and mix residuals of both scales in its windows) at every sample.
+        self.intermittent = if self.intermittent {
+            self.zero_share >= INTERMITTENT_LEAVE
+        } else {
+            self.zero_share >= INTERMITTENT_ENTER
+        };
         let drop = self.grid.trim(self.keep);
         if drop > 0 {
             self.start += drop;
@@ -506,7 +528,8 @@ impl Engine {
     fn scale(&self, point: f64) -> f64 {
         let floor = 0.1 * self.level.abs() + 1e-9;
         match self.preset.residual_scale {
-            ResidualScale::Relative => point.max(floor),
+            ResidualScale::Auto if self.intermittent => self.level.abs().max(floor),
+            ResidualScale::Relative | ResidualScale::Auto => point.max(floor),
             ResidualScale::Sqrt => (point.max(floor) * self.level.abs().max(floor)).sqrt(),
             ResidualScale::Absolute => self.level.abs().max(floor),
         }
@@ -824,6 +847,8 @@ pub struct EngineState {
     grid: Grid,
     unscored: VecDeque<(usize, usize)>,
     level: f64,
+    zero_share: f64,
+    intermittent: bool,
     periods: Vec<usize>,
     last_fit_end: Option<usize>,
     /// The preset the state was learned under (JSON): another preset means a cold start.
@@ -904,6 +929,8 @@ impl Engine {
             grid: self.grid.clone(),
             unscored: self.unscored.clone(),
             level: self.level,
+            zero_share: self.zero_share,
+            intermittent: self.intermittent,
             periods: self.periods.clone(),
             last_fit_end: self.last_fit_end,
             preset: self.preset_fingerprint(),
@@ -993,6 +1020,7 @@ impl Engine {
             && s.cands.iter().all(cand_ok)
             && s.cands.get(s.selected).is_some_and(|c| c.full)
             && s.levels.len() == lead
+            && (0.0..=1.0).contains(&s.zero_share)
             && s.published
                 .iter()
                 .all(|(o, u, _, _)| u.len() == lead && before_end(*o))
@@ -1025,6 +1053,8 @@ impl Engine {
         self.grid = s.grid.with_room(self.keep);
         self.unscored = s.unscored;
         self.level = s.level;
+        self.zero_share = s.zero_share;
+        self.intermittent = s.intermittent;
         self.periods = s.periods;
         self.last_fit_end = s.last_fit_end;
         let saved = s.cands.into_iter().zip(losses).zip(fits);
@@ -1157,6 +1187,63 @@ mod tests {
         assert_eq!(values(&r), kept);
         // Thin, a window never holds fewer than a forecast needs.
         assert_eq!(RollingQuantile::new(200, 80, false).room(), 80);
+    }
+
+    #[test]
+    fn the_auto_residual_scale_keeps_the_band_of_intermittent_demand_near_its_bursts() {
+        // Six steps in ten are empty; the others carry 40 to 60 (as requests per 10 s bin).
+        let band = |scale: ResidualScale| {
+            let mut e = Engine::new(
+                ModelPreset {
+                    residual_scale: scale,
+                    ..preset()
+                },
+                10,
+                12,
+            );
+            let mut seed = 5_u64;
+            let (mut highest, mut covered, mut scored) = (0.0_f64, 0, 0);
+            let mut pending: VecDeque<(usize, f64)> = VecDeque::new();
+            for i in 0..1500 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                let y = if u < 0.6 {
+                    0.0
+                } else {
+                    40.0 + 50.0 * (u - 0.6)
+                };
+                e.observe(i as i64 * 10, y).unwrap();
+                while pending.front().is_some_and(|&(at, _)| at == i) {
+                    let (_, up) = pending.pop_front().unwrap();
+                    scored += 1;
+                    covered += usize::from(y <= up);
+                }
+                if let Ok(f) = e.forecast(12)
+                    && i > 500
+                {
+                    highest = highest.max(f.upper[11]);
+                    pending.push_back((i + 12, f.upper[11]));
+                }
+            }
+            (highest, covered as f64 / scored as f64, e.intermittent)
+        };
+        let (auto, auto_cover, flagged) = band(ResidualScale::Auto);
+        let (relative, _, _) = band(ResidualScale::Relative);
+        assert!(flagged, "60% empty bins is intermittent");
+        assert!(
+            auto <= 120.0,
+            "auto band reached {auto} for bursts of at most 60"
+        );
+        assert!(
+            (0.8..=0.99).contains(&auto_cover),
+            "coverage of the 0.9 band: {auto_cover}"
+        );
+        assert!(
+            relative > 2.0 * auto,
+            "relative errors learnt at a forecast of 0 inflate the band: {relative} vs {auto}"
+        );
     }
 
     /// A daily-ish cycle with noise, at 5-minute steps.

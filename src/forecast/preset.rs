@@ -17,6 +17,10 @@ pub enum ResidualScale {
     Sqrt,
     /// Errors in demand units, normalised only by the slow-moving mean level.
     Absolute,
+    /// `absolute` while demand is intermittent (a quarter or more of recent samples are
+    /// zero, with hysteresis), `relative` otherwise: an error learnt relative to a forecast
+    /// of about zero (after an empty bin) would multiply the band at the next burst.
+    Auto,
 }
 
 /// A model preset: which models compete and how they are scored and calibrated.
