@@ -21,6 +21,9 @@ use super::{
 const INTERMITTENT_ENTER: f64 = 0.25;
 /// ...and stops counting as intermittent below this share.
 const INTERMITTENT_LEAVE: f64 = 0.2;
+/// Weight of each new sample in the running level and zero share: about the last 100
+/// samples count, long enough that one empty bin or one spike moves neither much.
+const RECENT_RATE: f64 = 0.01;
 /// Switching models needs this relative improvement (hysteresis against flapping).
 const SWITCH_MARGIN: f64 = 0.03;
 /// Published forecasts whose coverage decides `confident`.
@@ -494,8 +497,8 @@ impl Engine {
         for idx in next..=k {
             self.mature(idx);
         }
-        self.level += 0.01 * (value - self.level);
-        self.zero_share += 0.01 * (f64::from(u8::from(value == 0.0)) - self.zero_share);
+        self.level += RECENT_RATE * (value - self.level);
+        self.zero_share += RECENT_RATE * (f64::from(u8::from(value == 0.0)) - self.zero_share);
         // Hysteresis around the threshold, so a series near it does not flip its residual
         // scale (and mix residuals of both scales in its windows) at every sample.
         self.intermittent = if self.intermittent {
@@ -1244,6 +1247,55 @@ mod tests {
             relative > 2.0 * auto,
             "relative errors learnt at a forecast of 0 inflate the band: {relative} vs {auto}"
         );
+    }
+
+    #[test]
+    fn a_restored_engine_keeps_the_residual_scale_it_had_chosen() {
+        // Bursts at 10 s steps: first six bins in ten empty, then two in nine, so the zero
+        // share settles between the two thresholds, where only the saved flag says which
+        // scale is in use.
+        let preset = ModelPreset {
+            residual_scale: ResidualScale::Auto,
+            ..preset()
+        };
+        let demand = |i: usize, seed: &mut u64| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (*seed >> 11) as f64 / (1u64 << 53) as f64;
+            let empty = if i < 1500 {
+                u < 0.6
+            } else {
+                matches!(i % 9, 0 | 4)
+            };
+            if empty { 0.0 } else { 40.0 + 20.0 * u }
+        };
+        let mut seed = 3_u64;
+        let mut a = Engine::new(preset.clone(), 10, 12);
+        let mut i = 0;
+        while i < 2300 {
+            a.observe(i as i64 * 10, demand(i, &mut seed)).unwrap();
+            let _ = a.forecast(12);
+            i += 1;
+        }
+        assert!(a.intermittent, "still intermittent: {}", a.zero_share);
+        assert!(
+            (INTERMITTENT_LEAVE..INTERMITTENT_ENTER).contains(&a.zero_share),
+            "zero share between the thresholds: {}",
+            a.zero_share
+        );
+        let bytes = bincode::serialize(&a.state()).unwrap();
+        let mut b = Engine::new(preset, 10, 12);
+        b.restore(bincode::deserialize(&bytes).unwrap()).unwrap();
+        for _ in 0..200 {
+            let y = demand(i, &mut seed);
+            a.observe(i as i64 * 10, y).unwrap();
+            b.observe(i as i64 * 10, y).unwrap();
+            let (fa, fb) = (a.forecast(12).unwrap(), b.forecast(12).unwrap());
+            assert_eq!((fa.point, fa.upper), (fb.point, fb.upper), "step {i}");
+            i += 1;
+        }
+        assert!(b.intermittent);
     }
 
     /// A daily-ish cycle with noise, at 5-minute steps.

@@ -114,7 +114,7 @@ fn default_under_weight() -> f64 {
     3.0
 }
 fn default_residual_scale() -> ResidualScale {
-    ResidualScale::Relative
+    ResidualScale::Auto
 }
 fn default_aci_rate() -> f64 {
     0.005
