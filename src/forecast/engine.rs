@@ -24,6 +24,8 @@ const INTERMITTENT_LEAVE: f64 = 0.2;
 /// Weight of each new sample in the running level and zero share: about the last 100
 /// samples count, long enough that one empty bin or one spike moves neither much.
 const RECENT_RATE: f64 = 0.01;
+/// Fewest steps between the extra refits of a workload whose history is still filling.
+const EARLY_REFIT_GAP: usize = 1440;
 /// Switching models needs this relative improvement (hysteresis against flapping).
 const SWITCH_MARGIN: f64 = 0.03;
 /// Published forecasts whose coverage decides `confident`.
@@ -408,11 +410,23 @@ impl Engine {
 
     fn refit_due(&self, end: usize) -> bool {
         let r = self.refit_steps;
-        match (self.last_fit_end, self.refit_phase) {
-            (None, _) => true,
-            (Some(f), None) => end >= f + r,
-            (Some(f), Some(p)) => (end + p) / r > (f + p) / r,
-        }
+        let Some(f) = self.last_fit_end else {
+            return true;
+        };
+        let p = self.refit_phase.unwrap_or(0);
+        // A workload without backfill is first fitted on a few dozen steps, too few for a
+        // season shorter than the interval (a 10-minute cycle at 1 s), and would keep that
+        // fit for a whole interval: until a fit has seen one interval, refit also each time
+        // the history has doubled, at least EARLY_REFIT_GAP steps after the last fit (spread
+        // by the phase over up to half a doubling more). An interval of at most that many
+        // steps (a day at 1 minute or coarser) is never cut short.
+        let gap = f.max(EARLY_REFIT_GAP);
+        let doubled = self.start == 0 && f < r && end >= f + gap + p * gap / (2 * r);
+        doubled
+            || match self.refit_phase {
+                None => end >= f + r,
+                Some(p) => (end + p) / r > (f + p) / r,
+            }
     }
 
     /// Seconds between grid steps.
@@ -1296,6 +1310,67 @@ mod tests {
             i += 1;
         }
         assert!(b.intermittent);
+    }
+
+    #[test]
+    fn a_workload_without_backfill_finds_a_short_season_before_its_first_scheduled_refit() {
+        // A 10-minute cycle sampled every second: the first fit sees 40 steps, and the
+        // scheduled refit is a day (86,400 steps) away.
+        let mut e = Engine::new(preset(), 1, 10);
+        let mut seed = 7_u64;
+        let mut refits_at = Vec::new();
+        for i in 0..4000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let y = 100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / 600.0).sin() + 5.0 * u;
+            e.observe(i as i64, y).unwrap();
+            let before = e.status().refits;
+            let _ = e.forecast(10);
+            if e.status().refits > before {
+                refits_at.push(i + 1);
+            }
+        }
+        // Then 1,440 steps (the least gap) after, and doubling from there.
+        assert_eq!(
+            refits_at,
+            [40, 1480, 2960],
+            "refits while the history fills"
+        );
+        let periods = e.status().periods;
+        assert!(
+            periods.iter().any(|&p| p.abs_diff(600) <= 6),
+            "the 600-step cycle is found: {periods:?}"
+        );
+        // With a phase, each extra refit comes up to half a gap later (here 0.495 of one),
+        // and the scheduled refit comes at its phase (86,400 - 85,536 = 864): 40, 864, then
+        // 864 + 1,440 + 712.
+        let mut spread = Engine::new(preset(), 1, 10);
+        spread.set_refit_phase(0.99);
+        let mut spread_at = Vec::new();
+        for i in 0..4000 {
+            spread.observe(i as i64, (i % 600) as f64).unwrap();
+            let before = spread.status().refits;
+            let _ = spread.forecast(10);
+            if spread.status().refits > before {
+                spread_at.push(i + 1);
+            }
+        }
+        assert_eq!(spread_at, [40, 864, 3016]);
+        // An interval of at most 1,440 steps keeps its schedule: at 5-minute steps, a day
+        // after the first fit and every day after.
+        let mut daily = Engine::new(preset(), 300, 2);
+        let mut daily_at = Vec::new();
+        for i in 0..900 {
+            daily.observe(i as i64 * 300, (i % 288) as f64).unwrap();
+            let before = daily.status().refits;
+            let _ = daily.forecast(2);
+            if daily.status().refits > before {
+                daily_at.push(i + 1);
+            }
+        }
+        assert_eq!(daily_at, [16, 304, 592, 880]);
     }
 
     /// A daily-ish cycle with noise, at 5-minute steps.

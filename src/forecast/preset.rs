@@ -44,7 +44,10 @@ pub struct ModelPreset {
     /// History the models are fitted on (the most recent part of what is kept).
     #[serde(default = "default_history", with = "humantime_serde")]
     pub history: Duration,
-    /// How often models are refitted and seasonality re-detected (in data time).
+    /// How often models are refitted and seasonality re-detected (in data time). Until a
+    /// fit has seen this much history (a workload without backfill), they are refitted
+    /// also each time the history has doubled and at least 1,440 steps have passed (an
+    /// interval of at most 1,440 steps keeps its schedule).
     #[serde(default = "default_refit", with = "humantime_serde")]
     pub refit_every: Duration,
     /// Most seasonal periods detected and modelled.
