@@ -246,7 +246,7 @@ impl<const N: usize> SlidingSums<N> {
 
 /// [`SlidingSums`] as plain data: the buckets' sums end to end (every bucket but the newest
 /// is full, so no counts), a few bytes per bucket in `models.bin`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct SavedSums {
     sums: Vec<f32>,
     open: u32,

@@ -1048,11 +1048,12 @@ impl Engine {
         }
         let recent_errors =
             SlidingSums::from_saved(s.recent_errors, &self.recent_errors).ok_or_else(bad)?;
+        // Taken out of the saved state, not cloned: a start restores every workload.
         let losses: Vec<SlidingSums<1>> = s
             .cands
-            .iter()
+            .iter_mut()
             .zip(&self.cands)
-            .map(|(saved, c)| SlidingSums::from_saved(saved.losses.clone(), &c.losses))
+            .map(|(saved, c)| SlidingSums::from_saved(std::mem::take(&mut saved.losses), &c.losses))
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         let fits: Vec<Option<Box<dyn FittedModel>>> = s
