@@ -413,7 +413,6 @@ impl Engine {
         let Some(f) = self.last_fit_end else {
             return true;
         };
-        let p = self.refit_phase.unwrap_or(0);
         // A workload without backfill is first fitted on a few dozen steps, too few for a
         // season shorter than the interval (a 10-minute cycle at 1 s), and would keep that
         // fit for a whole interval: until a fit has seen one interval, refit also each time
@@ -421,12 +420,13 @@ impl Engine {
         // by the phase over up to half a doubling more). An interval of at most that many
         // steps (a day at 1 minute or coarser) is never cut short.
         let gap = f.max(EARLY_REFIT_GAP);
-        let doubled = self.start == 0 && f < r && end >= f + gap + p * gap / (2 * r);
-        doubled
-            || match self.refit_phase {
-                None => end >= f + r,
-                Some(p) => (end + p) / r > (f + p) / r,
-            }
+        let jitter = self.refit_phase.map_or(0, |p| p * gap / (2 * r));
+        let doubled = self.start == 0 && f < r && end >= f + gap + jitter;
+        let scheduled = match self.refit_phase {
+            None => end >= f + r,
+            Some(p) => (end + p) / r > (f + p) / r,
+        };
+        doubled || scheduled
     }
 
     /// Seconds between grid steps.
@@ -1223,10 +1223,7 @@ mod tests {
             let (mut highest, mut covered, mut scored) = (0.0_f64, 0, 0);
             let mut pending: VecDeque<(usize, f64)> = VecDeque::new();
             for i in 0..1500 {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                let u = uniform(&mut seed);
                 let y = if u < 0.6 {
                     0.0
                 } else {
@@ -1274,10 +1271,7 @@ mod tests {
             ..preset()
         };
         let demand = |i: usize, seed: &mut u64| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (*seed >> 11) as f64 / (1u64 << 53) as f64;
+            let u = uniform(seed);
             let empty = if i < 1500 {
                 u < 0.6
             } else {
@@ -1321,10 +1315,7 @@ mod tests {
         let mut seed = 7_u64;
         let mut refits_at = Vec::new();
         for i in 0..4000 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let u = uniform(&mut seed) - 0.5;
             let y = 100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / 600.0).sin() + 5.0 * u;
             e.observe(i as i64, y).unwrap();
             let before = e.status().refits;
@@ -1374,12 +1365,17 @@ mod tests {
         assert_eq!(daily_at, [16, 304, 592, 880]);
     }
 
-    /// A daily-ish cycle with noise, at 5-minute steps.
-    fn cycle(i: usize, seed: &mut u64) -> f64 {
+    /// A uniform draw in [0, 1) from a linear congruential generator (reproducible noise).
+    fn uniform(seed: &mut u64) -> f64 {
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let u = (*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A daily-ish cycle with noise, at 5-minute steps.
+    fn cycle(i: usize, seed: &mut u64) -> f64 {
+        let u = uniform(seed) - 0.5;
         100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / 48.0).sin() + 10.0 * u
     }
 
@@ -1520,10 +1516,7 @@ mod tests {
         let mut first_ok = None;
         let mut last: Option<Forecast> = None;
         for i in 0..(p * 30) {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let u = uniform(&mut s) - 0.5;
             let y =
                 100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / p as f64).sin() + 10.0 * u;
             if let Some(f) = &last
