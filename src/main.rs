@@ -454,7 +454,12 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
                 writeln!(out, "restored the forecasting state of {} workload(s)", restored.models)?;
             }
         }
-        let server = axum::serve(listener, prescale::api::router_with(service.shared(), settings))
+        let app = prescale::api::router_with(service.shared(), settings);
+        // The client's address keys the rate limit of requests without a valid token.
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let looping = {
             let service = service.clone();

@@ -192,7 +192,9 @@ async fn setup_with(
     let client = if socket {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        // As `prescale serve` does: the client's address keys requests without a valid token.
+        let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Client::Socket(format!("http://{addr}"), reqwest::Client::new())
     } else {
         Client::Router(router)
@@ -1051,12 +1053,33 @@ async fn each_caller_has_its_own_request_rate() {
     assert_eq!(get(APPROVER).await.unwrap().status(), 200);
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    // Invalid tokens share one budget, whatever they are: guessing is throttled too.
+    // Invalid tokens from one client address share one budget, whatever they are: guessing
+    // is throttled too...
     for k in 0..3 {
         let bad = get(&format!("guess-{k}")).await.unwrap();
         assert_eq!(bad.status(), 401, "guess {k}");
     }
     assert_eq!(get("guess-3").await.unwrap().status(), 429);
+    // ...and does not spend the budget of another client without a token.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let from_other = |token: Option<&str>| {
+        let r = other.get(format!("{base}/api/v1/workloads"));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+        .send()
+    };
+    assert_eq!(from_other(None).await.unwrap().status(), 401);
+    for k in 0..2 {
+        let bad = from_other(Some("guess-x")).await.unwrap();
+        assert_eq!(bad.status(), 401, "another address, guess {k}");
+    }
+    // That address's budget is spent in turn.
+    assert_eq!(from_other(None).await.unwrap().status(), 429);
     // The budget refills at the rate.
     tokio::time::sleep(Duration::from_millis(1100 * wait)).await;
     assert_eq!(get(VIEWER).await.unwrap().status(), 200);
@@ -1069,7 +1092,7 @@ async fn each_caller_has_its_own_request_rate() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("prescale_errors_total{stage=\"api\",kind=\"rate_limited\"} 2"),
+        metrics.contains("prescale_errors_total{stage=\"api\",kind=\"rate_limited\"} 3"),
         "{metrics}"
     );
 }

@@ -1,6 +1,7 @@
 //! Access to the API: bearer tokens with roles, JSON error bodies, and a JSON body reader
 //! with a size limit.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use axum::extract::{FromRequest, Request};
@@ -121,15 +122,28 @@ impl Tokens {
         !self.entries.is_empty()
     }
 
-    /// Who is calling, for per-caller limits: the valid token's name, `anonymous` without
-    /// a token, `unauthenticated` for every invalid one (so guessing tokens shares one
-    /// budget, and the keys stay as few as the tokens).
-    pub fn caller(&self, headers: &HeaderMap) -> String {
+    /// Who is calling, for per-caller limits: the valid token's name; for a request without
+    /// a valid token, `anonymous` (no token) or `unauthenticated` (an invalid one) and the
+    /// client's network (`peer`: the IPv4 address, or the IPv6 /64), so that one client
+    /// without a token cannot spend the budget of every other, and guessing tokens from one
+    /// network shares one budget whatever the tokens.
+    pub fn caller(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> String {
         let bearer = headers.get(header::AUTHORIZATION).is_some();
-        match self.authorize(headers, Role::Viewer) {
-            Ok(p) if bearer && self.configured() => p.name,
-            Ok(_) => "anonymous".to_string(),
-            Err(_) => "unauthenticated".to_string(),
+        let who = match self.authorize(headers, Role::Viewer) {
+            Ok(p) if bearer && self.configured() => return format!("token:{}", p.name),
+            Ok(_) => "anonymous",
+            Err(_) => "unauthenticated",
+        };
+        match peer {
+            None => who.to_string(),
+            Some(IpAddr::V4(a)) => format!("{who}@{a}"),
+            Some(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => format!("{who}@{v4}"),
+                None => {
+                    let s = a.segments();
+                    format!("{who}@{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
         }
     }
 
@@ -268,4 +282,59 @@ async fn parse<T: DeserializeOwned>(req: Request) -> Result<T, ApiError> {
         };
         ApiError::new(status, e.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_without_a_valid_token_are_told_apart_by_network() {
+        let tokens = Tokens::from_list(vec![(
+            "a-token-of-sixteen".into(),
+            "vera".into(),
+            Role::Viewer,
+        )]);
+        let with = |token: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            h
+        };
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // A valid token is its own budget, wherever it comes from.
+        let named = tokens.caller(&with("a-token-of-sixteen"), v6("10.0.0.1"));
+        assert_eq!(named, "token:vera");
+        assert_eq!(
+            tokens.caller(&with("a-token-of-sixteen"), v6("10.0.0.2")),
+            named
+        );
+        // Without one: per IPv4 address, per IPv6 /64, a mapped IPv4 as IPv4.
+        let bad = with("guess");
+        assert_eq!(
+            tokens.caller(&bad, v6("10.0.0.1")),
+            "unauthenticated@10.0.0.1"
+        );
+        assert_eq!(
+            tokens.caller(&HeaderMap::new(), v6("::ffff:10.0.0.1")),
+            "unauthenticated@10.0.0.1"
+        );
+        assert_eq!(
+            tokens.caller(&bad, v6("2001:db8:1:2:aaaa::1")),
+            tokens.caller(&bad, v6("2001:db8:1:2:bbbb::9")),
+        );
+        assert_ne!(
+            tokens.caller(&bad, v6("2001:db8:1:2::1")),
+            tokens.caller(&bad, v6("2001:db8:1:3::1")),
+        );
+        // Reads open to all: anonymous, still per address.
+        let open = Tokens::none();
+        assert_eq!(
+            open.caller(&HeaderMap::new(), v6("10.0.0.3")),
+            "anonymous@10.0.0.3"
+        );
+        assert_eq!(open.caller(&HeaderMap::new(), None), "anonymous");
+    }
 }

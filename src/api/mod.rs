@@ -187,6 +187,8 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
             )
             .allow_burst(NonZeroU32::new(settings.burst_per_caller).unwrap_or(NonZeroU32::MIN)),
         ),
+        last_sweep: std::sync::atomic::AtomicU64::new(0),
+        started: std::time::Instant::now(),
     });
     let wl = "/api/v1/workloads/{namespace}/{name}";
     Router::new()
@@ -235,7 +237,14 @@ struct CallerRate {
     tokens: Arc<Tokens>,
     shared: Arc<Shared>,
     limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// When callers at full budget were last forgotten: seconds since `started`, plus one.
+    last_sweep: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
+
+/// Callers tracked before those back at full budget are forgotten (at most once a second):
+/// keys without a token come from client addresses, which are many.
+const TRACKED_CALLERS: usize = 4096;
 
 /// Refuses a caller over its rate with 429 and how long to wait.
 async fn rate_limit(
@@ -244,7 +253,23 @@ async fn rate_limit(
     next: axum::middleware::Next,
 ) -> Response {
     use governor::clock::Clock;
-    let caller = rate.tokens.caller(request.headers());
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = rate.tokens.caller(request.headers(), peer);
+    if rate.limiter.len() > TRACKED_CALLERS {
+        let now = rate.started.elapsed().as_secs() + 1;
+        let last = rate.last_sweep.load(Ordering::Relaxed);
+        if now > last
+            && rate
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            rate.limiter.retain_recent();
+        }
+    }
     match rate.limiter.check_key(&caller) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
