@@ -1313,17 +1313,10 @@ mod tests {
         // scheduled refit is a day (86,400 steps) away.
         let mut e = Engine::new(preset(), 1, 10);
         let mut seed = 7_u64;
-        let mut refits_at = Vec::new();
-        for i in 0..4000 {
+        let refits_at = refits_over(&mut e, 4000, |i| {
             let u = uniform(&mut seed) - 0.5;
-            let y = 100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / 600.0).sin() + 5.0 * u;
-            e.observe(i as i64, y).unwrap();
-            let before = e.status().refits;
-            let _ = e.forecast(10);
-            if e.status().refits > before {
-                refits_at.push(i + 1);
-            }
-        }
+            100.0 + 40.0 * (2.0 * std::f64::consts::PI * i as f64 / 600.0).sin() + 5.0 * u
+        });
         // Then 1,440 steps (the least gap) after, and doubling from there.
         assert_eq!(
             refits_at,
@@ -1340,29 +1333,33 @@ mod tests {
         // 864 + 1,440 + 712.
         let mut spread = Engine::new(preset(), 1, 10);
         spread.set_refit_phase(0.99);
-        let mut spread_at = Vec::new();
-        for i in 0..4000 {
-            spread.observe(i as i64, (i % 600) as f64).unwrap();
-            let before = spread.status().refits;
-            let _ = spread.forecast(10);
-            if spread.status().refits > before {
-                spread_at.push(i + 1);
-            }
-        }
+        let spread_at = refits_over(&mut spread, 4000, |i| (i % 600) as f64);
         assert_eq!(spread_at, [40, 864, 3016]);
         // An interval of at most 1,440 steps keeps its schedule: at 5-minute steps, a day
         // after the first fit and every day after.
         let mut daily = Engine::new(preset(), 300, 2);
-        let mut daily_at = Vec::new();
-        for i in 0..900 {
-            daily.observe(i as i64 * 300, (i % 288) as f64).unwrap();
-            let before = daily.status().refits;
-            let _ = daily.forecast(2);
-            if daily.status().refits > before {
-                daily_at.push(i + 1);
+        let daily_at = refits_over(&mut daily, 900, |i| (i % 288) as f64);
+        assert_eq!(daily_at, [16, 304, 592, 880]);
+    }
+
+    /// Feeds `steps` samples of `demand`, forecasting after each, and returns the grid
+    /// lengths at which the engine refitted.
+    fn refits_over(
+        e: &mut Engine,
+        steps: usize,
+        mut demand: impl FnMut(usize) -> f64,
+    ) -> Vec<usize> {
+        let (step, lead) = (e.step() as i64, e.lead);
+        let mut at = Vec::new();
+        for i in 0..steps {
+            e.observe(i as i64 * step, demand(i)).unwrap();
+            let before = e.status().refits;
+            let _ = e.forecast(lead);
+            if e.status().refits > before {
+                at.push(i + 1);
             }
         }
-        assert_eq!(daily_at, [16, 304, 592, 880]);
+        at
     }
 
     /// A uniform draw in [0, 1) from a linear congruential generator (reproducible noise).
