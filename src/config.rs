@@ -176,8 +176,9 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Requests per second each caller may make under `/` and `/api/v1`, on average; one
     /// more is answered 429 with `Retry-After`. A caller is a token (by its name); requests
-    /// without a token, and those with an invalid one, are keyed by the client's address
-    /// (IPv4 address or IPv6 /64; behind a proxy, the proxy's), each kind its own budget.
+    /// without a valid token are keyed by the client's address (IPv4 address or IPv6 /64;
+    /// behind a proxy, the proxy's): reads let through anonymously have one budget per
+    /// address, refused requests (no token where one is needed, or an invalid one) another.
     /// From 1 to 100000.
     #[serde(default = "default_rate_per_caller")]
     pub rate_per_caller: u32,

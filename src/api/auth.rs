@@ -123,8 +123,8 @@ impl Tokens {
     }
 
     /// Who is calling, for per-caller limits: the valid token's name; for a request without
-    /// a valid token, `anonymous` (no token) or `unauthenticated` (an invalid one) and the
-    /// client's network (`peer`: the IPv4 address, or the IPv6 /64), so that one client
+    /// a valid token, `anonymous` (a read let through without one) or `unauthenticated`
+    /// (refused: no token where one is needed, or an invalid one) and the client's network (`peer`: the IPv4 address, or the IPv6 /64), so that one client
     /// without a token cannot spend the budget of every other, and guessing tokens from one
     /// network shares one budget whatever the tokens.
     pub fn caller(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> String {
