@@ -122,17 +122,45 @@ impl Tokens {
         !self.entries.is_empty()
     }
 
+    /// Reads the request's bearer token, comparing it with each configured one once. The
+    /// rate limiter does this for every request and hands the answer on to the handler
+    /// (a request extension), so the comparison is not repeated.
+    pub fn identify(&self, headers: &HeaderMap) -> Identity {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Identity::NoToken;
+        };
+        if !self.configured() {
+            // Nothing to compare with: every request is judged as one without a token.
+            return Identity::NoToken;
+        }
+        let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+            return Identity::Invalid("missing bearer token");
+        };
+        self.entries
+            .iter()
+            .fold(None, |found, (t, p)| {
+                if same(t.as_bytes(), token.as_bytes()) {
+                    Some(p)
+                } else {
+                    found
+                }
+            })
+            .map_or(Identity::Invalid("invalid token"), |p| {
+                Identity::Token(p.clone())
+            })
+    }
+
     /// Who is calling, for per-caller limits: the valid token's name; for a request without
     /// a valid token, `anonymous` (a read let through without one) or `unauthenticated`
-    /// (refused: no token where one is needed, or an invalid one) and the client's network (`peer`: the IPv4 address, or the IPv6 /64), so that one client
-    /// without a token cannot spend the budget of every other, and guessing tokens from one
-    /// network shares one budget whatever the tokens.
-    pub fn caller(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> String {
-        let bearer = headers.get(header::AUTHORIZATION).is_some();
-        let who = match self.authorize(headers, Role::Viewer) {
-            Ok(p) if bearer && self.configured() => return format!("token:{}", p.name),
-            Ok(_) => "anonymous",
-            Err(_) => "unauthenticated",
+    /// (refused: no token where one is needed, or an invalid one) and the client's network
+    /// (`peer`: the IPv4 address, or the IPv6 /64), so that one client without a token
+    /// cannot spend the budget of every other, and guessing tokens from one network shares
+    /// one budget whatever the tokens.
+    pub fn caller(&self, id: &Identity, peer: Option<IpAddr>) -> String {
+        let who = match (id, self.permit(id, Role::Viewer)) {
+            (Identity::Token(p), _) => return format!("token:{}", p.name),
+            (_, Ok(_)) => "anonymous",
+            (_, Err(_)) => "unauthenticated",
         };
         match peer {
             None => who.to_string(),
@@ -152,20 +180,17 @@ impl Tokens {
     ///
     /// # Errors
     /// 401 without a valid token, 403 when its role is below `need`.
-    pub fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Principal, ApiError> {
-        let bearer = headers.get(header::AUTHORIZATION).is_some();
-        if need == Role::Viewer && self.anonymous_read && !bearer {
-            return Ok(Principal {
-                name: "anonymous".into(),
-                role: Role::Viewer,
-            });
+    pub fn permit(&self, id: &Identity, need: Role) -> Result<Principal, ApiError> {
+        let anonymous = || Principal {
+            name: "anonymous".into(),
+            role: Role::Viewer,
+        };
+        if need == Role::Viewer && self.anonymous_read && matches!(id, Identity::NoToken) {
+            return Ok(anonymous());
         }
         if !self.configured() {
             return if need == Role::Viewer {
-                Ok(Principal {
-                    name: "anonymous".into(),
-                    role: Role::Viewer,
-                })
+                Ok(anonymous())
             } else {
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -173,22 +198,16 @@ impl Tokens {
                 ))
             };
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-        let principal = self
-            .entries
-            .iter()
-            .fold(None, |found, (t, p)| {
-                if same(t.as_bytes(), token.as_bytes()) {
-                    Some(p)
-                } else {
-                    found
-                }
-            })
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
+        let principal = match id {
+            Identity::NoToken => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing bearer token",
+                ));
+            }
+            Identity::Invalid(why) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, *why)),
+            Identity::Token(p) => p,
+        };
         if principal.role < need {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -196,6 +215,33 @@ impl Tokens {
             ));
         }
         Ok(principal.clone())
+    }
+}
+
+/// What a request's `Authorization` header says, read once per request by the rate limiter
+/// ([`Tokens::identify`]) and taken by handlers as an extractor.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// No header (or no tokens configured to compare it with).
+    NoToken,
+    /// A header that is not a configured bearer token: why, for the 401.
+    Invalid(&'static str),
+    /// A configured token's owner.
+    Token(Principal),
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Identity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Every API route sits behind the rate limiter, which sets it; a route that did not
+        // would refuse rather than let a request through unidentified.
+        parts.extensions.get::<Identity>().cloned().ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "request not identified")
+        })
     }
 }
 
@@ -305,20 +351,26 @@ mod tests {
         };
         let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         // A valid token is its own budget, wherever it comes from.
-        let named = tokens.caller(&with("a-token-of-sixteen"), v6("10.0.0.1"));
+        let named = tokens.caller(
+            &tokens.identify(&with("a-token-of-sixteen")),
+            v6("10.0.0.1"),
+        );
         assert_eq!(named, "token:vera");
         assert_eq!(
-            tokens.caller(&with("a-token-of-sixteen"), v6("10.0.0.2")),
+            tokens.caller(
+                &tokens.identify(&with("a-token-of-sixteen")),
+                v6("10.0.0.2")
+            ),
             named
         );
         // Without one: per IPv4 address, per IPv6 /64, a mapped IPv4 as IPv4.
-        let bad = with("guess");
+        let bad = tokens.identify(&with("guess"));
         assert_eq!(
             tokens.caller(&bad, v6("10.0.0.1")),
             "unauthenticated@10.0.0.1"
         );
         assert_eq!(
-            tokens.caller(&HeaderMap::new(), v6("::ffff:10.0.0.1")),
+            tokens.caller(&Identity::NoToken, v6("::ffff:10.0.0.1")),
             "unauthenticated@10.0.0.1"
         );
         assert_eq!(
@@ -332,9 +384,9 @@ mod tests {
         // Reads open to all: anonymous, still per address.
         let open = Tokens::none();
         assert_eq!(
-            open.caller(&HeaderMap::new(), v6("10.0.0.3")),
+            open.caller(&Identity::NoToken, v6("10.0.0.3")),
             "anonymous@10.0.0.3"
         );
-        assert_eq!(open.caller(&HeaderMap::new(), None), "anonymous");
+        assert_eq!(open.caller(&Identity::NoToken, None), "anonymous");
     }
 }

@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 
 use crate::actuator::{Publication, Unpublished};
 use crate::app::{ForecastView, Shared, WorkloadView};
-use auth::{ApiError, BodyLimit, Role, Tokens};
+use auth::{ApiError, BodyLimit, Identity, Role, Tokens};
 use review::WorkloadPath;
 
 /// Content type of the OpenMetrics exposition.
@@ -246,10 +246,35 @@ struct CallerRate {
 /// keys without a token come from client addresses, which are many.
 const TRACKED_CALLERS: usize = 4096;
 
+/// Past [`TRACKED_CALLERS`] keys, forgets the callers back at full budget. The request
+/// that first sees a new second (`now`) claims the sweep, so the key count, which takes the
+/// limiter's lock, is read at most once a second rather than on every request.
+fn forget_idle<C: governor::clock::Clock>(
+    limiter: &governor::RateLimiter<
+        String,
+        governor::state::keyed::DefaultKeyedStateStore<String>,
+        C,
+        governor::middleware::NoOpMiddleware<C::Instant>,
+    >,
+    last_sweep: &std::sync::atomic::AtomicU64,
+    now: u64,
+) {
+    let last = last_sweep.load(Ordering::Relaxed);
+    if now > last
+        && last_sweep
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        && limiter.len() > TRACKED_CALLERS
+    {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+}
+
 /// Refuses a caller over its rate with 429 and how long to wait.
 async fn rate_limit(
     State(rate): State<Arc<CallerRate>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     use governor::clock::Clock;
@@ -257,20 +282,15 @@ async fn rate_limit(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let caller = rate.tokens.caller(request.headers(), peer);
-    if rate.limiter.len() > TRACKED_CALLERS {
-        let now = rate.started.elapsed().as_secs() + 1;
-        let last = rate.last_sweep.load(Ordering::Relaxed);
-        if now > last
-            && rate
-                .last_sweep
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            rate.limiter.retain_recent();
-        }
-    }
-    match rate.limiter.check_key(&caller) {
+    let caller = rate.tokens.identify(request.headers());
+    let key = rate.tokens.caller(&caller, peer);
+    request.extensions_mut().insert(caller);
+    forget_idle(
+        &rate.limiter,
+        &rate.last_sweep,
+        rate.started.elapsed().as_secs() + 1,
+    );
+    match rate.limiter.check_key(&key) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(rate.limiter.clock().now());
@@ -365,11 +385,8 @@ fn internal() -> ApiError {
 #[utoipa::path(get, path = "/api/v1/workloads",
     responses((status = 400, body = ApiError), (status = 200, body = [WorkloadView]), (status = 401, body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
-async fn workloads(
-    State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    s.tokens.authorize(&headers, Role::Viewer)?;
+async fn workloads(State(s): State<Arc<ApiState>>, caller: Identity) -> Result<Response, ApiError> {
+    s.tokens.permit(&caller, Role::Viewer)?;
     let v = s.shared.views.read().map_err(|_| internal())?;
     Ok(axum::Json(v.values().cloned().collect::<Vec<_>>()).into_response())
 }
@@ -381,10 +398,10 @@ async fn workloads(
     security(("bearer" = [])), tag = "workloads")]
 async fn workload(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    s.tokens.authorize(&headers, Role::Viewer)?;
+    s.tokens.permit(&caller, Role::Viewer)?;
     let key = format!("{namespace}/{name}");
     let v = s.shared.views.read().map_err(|_| internal())?;
     v.get(&key)
@@ -422,3 +439,54 @@ async fn keda_metric(
 /// Keeps `ForecastView` in the document's components (it is part of `WorkloadView`).
 #[allow(dead_code)]
 fn _schema_roots(_: ForecastView) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    type Limiter = governor::RateLimiter<
+        String,
+        governor::state::keyed::DefaultKeyedStateStore<String>,
+        FakeRelativeClock,
+        governor::middleware::NoOpMiddleware<governor::nanos::Nanos>,
+    >;
+
+    fn limiter(clock: &FakeRelativeClock) -> Limiter {
+        // One request spends a key's whole budget for a second.
+        governor::RateLimiter::new(
+            governor::Quota::per_second(NonZeroU32::MIN),
+            Default::default(),
+            clock.clone(),
+        )
+    }
+
+    fn spend(limiter: &Limiter, n: usize, tag: &str) {
+        for i in 0..n {
+            assert!(limiter.check_key(&format!("{tag}{i}")).is_ok());
+        }
+    }
+
+    #[test]
+    fn idle_callers_are_forgotten_past_the_tracked_count_at_most_once_a_second() {
+        let clock = FakeRelativeClock::default();
+        let few = limiter(&clock);
+        let last = std::sync::atomic::AtomicU64::new(0);
+        spend(&few, 100, "a");
+        clock.advance(Duration::from_secs(2));
+        forget_idle(&few, &last, 1);
+        assert_eq!(few.len(), 100, "under the tracked count nothing is swept");
+
+        let many = limiter(&clock);
+        let last = std::sync::atomic::AtomicU64::new(0);
+        spend(&many, TRACKED_CALLERS + 1, "b");
+        forget_idle(&many, &last, 1);
+        assert_eq!(many.len(), TRACKED_CALLERS + 1, "still spent: kept");
+        clock.advance(Duration::from_secs(2));
+        forget_idle(&many, &last, 1);
+        assert_eq!(many.len(), TRACKED_CALLERS + 1, "one sweep a second");
+        spend(&many, 10, "c");
+        forget_idle(&many, &last, 2);
+        assert_eq!(many.len(), 10, "back at full budget: forgotten");
+    }
+}

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
-use super::auth::Role;
+use super::auth::{Identity, Role};
 use crate::app::WorkloadView;
 use crate::store::{RecFilter, RecState, Recommendation};
 
@@ -205,8 +205,8 @@ if (saved) load(saved);
 /// The page. Read access follows the API's (`api.anonymous_read`, the viewer role): a
 /// caller without it gets a shell that asks for a token and shows no data; decisions always
 /// need a token.
-pub async fn index(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if s.tokens.authorize(&headers, Role::Viewer).is_err() {
+pub async fn index(State(s): State<Arc<ApiState>>, caller: Identity) -> Response {
+    if s.tokens.permit(&caller, Role::Viewer).is_err() {
         let mut body = head("a token with the viewer role is needed to read");
         let _ = write!(body, "<script>{SHELL_SCRIPT}</script></body></html>");
         return (

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::{ApiError, JsonBody, Principal, Role};
+use super::auth::{ApiError, Identity, JsonBody, Principal, Role};
 use crate::config::{is_dns_label, is_dns_subdomain};
 use crate::domain::Timestamp;
 use crate::store::{
@@ -165,11 +165,11 @@ pub struct RecQuery {
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn list(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     q: Q<RecQuery>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(bad_query)?;
-    s.tokens.authorize(&headers, Role::Viewer)?;
+    s.tokens.permit(&caller, Role::Viewer)?;
     let (limit, offset) = page(&s, q.limit, q.offset)?;
     let state = match q.state.as_deref() {
         None => None,
@@ -203,11 +203,11 @@ pub async fn list(
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn get_one(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<String>,
 ) -> ApiResult<Response> {
     let Path(id) = path.map_err(bad_path)?;
-    s.tokens.authorize(&headers, Role::Viewer)?;
+    s.tokens.permit(&caller, Role::Viewer)?;
     check_id(&id)?;
     let rec = store(&s)?.get(&id).await.map_err(store_error)?;
     Ok(axum::Json(rec).into_response())
@@ -233,12 +233,12 @@ pub struct DecisionResult {
 
 async fn decide(
     s: &ApiState,
-    headers: &HeaderMap,
+    caller: &Identity,
     id: &str,
     body: JsonBody<DecisionBody>,
     to: RecState,
 ) -> ApiResult<Response> {
-    let who: Principal = s.tokens.authorize(headers, Role::Approver)?;
+    let who: Principal = s.tokens.permit(caller, Role::Approver)?;
     let body = body.0?;
     check_id(id)?;
     if body
@@ -277,12 +277,12 @@ async fn decide(
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn approve(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<String>,
     body: JsonBody<DecisionBody>,
 ) -> ApiResult<Response> {
     let Path(id) = path.map_err(bad_path)?;
-    decide(&s, &headers, &id, body, RecState::Approved).await
+    decide(&s, &caller, &id, body, RecState::Approved).await
 }
 
 /// Rejects a pending recommendation.
@@ -293,12 +293,12 @@ pub async fn approve(
     security(("bearer" = [])), tag = "recommendations")]
 pub async fn reject(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<String>,
     body: JsonBody<DecisionBody>,
 ) -> ApiResult<Response> {
     let Path(id) = path.map_err(bad_path)?;
-    decide(&s, &headers, &id, body, RecState::Rejected).await
+    decide(&s, &caller, &id, body, RecState::Rejected).await
 }
 
 /// Paging of the audit log.
@@ -322,11 +322,11 @@ pub struct AuditQuery {
     security(("bearer" = [])), tag = "audit")]
 pub async fn audit(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     q: Q<AuditQuery>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(bad_query)?;
-    s.tokens.authorize(&headers, Role::Viewer)?;
+    s.tokens.permit(&caller, Role::Viewer)?;
     let (limit, offset) = page(&s, q.limit, q.offset)?;
     if q.target.as_ref().is_some_and(|t| t.len() > 512) {
         return Err(ApiError::new(
@@ -393,13 +393,13 @@ pub struct ForecastPoints {
     security(("bearer" = [])), tag = "workloads")]
 pub async fn forecast(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
     q: Q<ForecastQuery>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
     let Query(q) = q.map_err(bad_query)?;
-    s.tokens.authorize(&headers, Role::Viewer)?;
+    s.tokens.permit(&caller, Role::Viewer)?;
     let key = workload_key(&s, &namespace, &name)?;
     let horizon = match q.horizon.as_deref() {
         None => 86_400,
@@ -486,13 +486,13 @@ pub async fn forecast(
 
 async fn set_controls(
     s: &ApiState,
-    headers: &HeaderMap,
+    caller: &Identity,
     namespace: &str,
     name: &str,
     action: &str,
     change: ControlChange,
 ) -> ApiResult<Response> {
-    let who = s.tokens.authorize(headers, Role::Admin)?;
+    let who = s.tokens.permit(caller, Role::Admin)?;
     let key = workload_key(s, namespace, name)?;
     let c = store(s)?
         .change_controls(namespace, name, change, &who.name, action, s.shared.now())
@@ -509,13 +509,13 @@ async fn set_controls(
     security(("bearer" = [])), tag = "workloads")]
 pub async fn pause(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
     set_controls(
         &s,
-        &headers,
+        &caller,
         &namespace,
         &name,
         "pause",
@@ -531,13 +531,13 @@ pub async fn pause(
     security(("bearer" = [])), tag = "workloads")]
 pub async fn resume(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
     set_controls(
         &s,
-        &headers,
+        &caller,
         &namespace,
         &name,
         "resume",
@@ -565,12 +565,12 @@ pub struct PinBody {
     security(("bearer" = [])), tag = "workloads")]
 pub async fn pin(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
     body: JsonBody<PinBody>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
-    s.tokens.authorize(&headers, Role::Admin)?;
+    s.tokens.permit(&caller, Role::Admin)?;
     let b = body.0?;
     if b.replicas > 100_000 || b.until <= s.shared.now() {
         return Err(ApiError::new(
@@ -580,7 +580,7 @@ pub async fn pin(
     }
     set_controls(
         &s,
-        &headers,
+        &caller,
         &namespace,
         &name,
         "pin",
@@ -596,13 +596,13 @@ pub async fn pin(
     security(("bearer" = [])), tag = "workloads")]
 pub async fn unpin(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
     set_controls(
         &s,
-        &headers,
+        &caller,
         &namespace,
         &name,
         "unpin",
@@ -636,11 +636,11 @@ pub struct OverrideBody {
     security(("bearer" = [])), tag = "workloads")]
 pub async fn overrides(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
-    s.tokens.authorize(&headers, Role::Viewer)?;
+    s.tokens.permit(&caller, Role::Viewer)?;
     workload_key(&s, &namespace, &name)?;
     let list = store(&s)?
         .overrides(&namespace, &name)
@@ -668,12 +668,12 @@ async fn refresh_overrides(s: &ApiState, namespace: &str, name: &str) -> ApiResu
     security(("bearer" = [])), tag = "workloads")]
 pub async fn add_override(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String)>,
     body: JsonBody<OverrideBody>,
 ) -> ApiResult<Response> {
     let Path((namespace, name)) = path.map_err(bad_path)?;
-    let who = s.tokens.authorize(&headers, Role::Admin)?;
+    let who = s.tokens.permit(&caller, Role::Admin)?;
     let b = body.0?;
     workload_key(&s, &namespace, &name)?;
     if b.cron.len() > 200 || b.timezone.len() > 64 {
@@ -715,11 +715,11 @@ pub async fn add_override(
     security(("bearer" = [])), tag = "workloads")]
 pub async fn delete_override(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    caller: Identity,
     path: P<(String, String, String)>,
 ) -> ApiResult<Response> {
     let Path((namespace, name, id)) = path.map_err(bad_path)?;
-    let who = s.tokens.authorize(&headers, Role::Admin)?;
+    let who = s.tokens.permit(&caller, Role::Admin)?;
     workload_key(&s, &namespace, &name)?;
     check_id(&id).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such override"))?;
     let gone = store(&s)?
