@@ -2,7 +2,8 @@
 //! mirror the store) on a long history of ended recommendations: the previous queries (a
 //! grouped scan of the history) against the current ones (one row per workload from
 //! `heads`), before and after `prune` has applied a 90-day retention, and the cost of the
-//! rebuild of `heads` at start. On a SQLite
+//! rebuild of `heads` at start, and the writes of a change on that history against the same
+//! writes on an empty store. On a SQLite
 //! file, or with `postgres` on a PostgreSQL server the bench starts (initdb in a temporary
 //! directory, as the tests do).
 //!
@@ -18,10 +19,52 @@ mod common;
 use std::io::Write;
 use std::time::Instant;
 
-use prescale::store::Store;
+use prescale::store::{RecState, Recommendation, RecommendationReason, Store, new_id};
 use sqlx::Connection;
 
 const DAY: i64 = 86_400;
+
+/// Median seconds of one change as `auto` mode writes it (create, approve, apply: three
+/// transactions, each also updating the workload's row in `heads`), over `cycles` changes
+/// spread across `workloads` workloads, made after the history's newest.
+async fn writes(store: &Store, workloads: usize, cycles: usize, from: i64) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(cycles);
+    for i in 0..cycles {
+        let now = from + 60 * i as i64;
+        let rec = Recommendation {
+            id: new_id(),
+            namespace: "bench".into(),
+            workload: format!("w{}", i % workloads),
+            from_replicas: 3,
+            to_replicas: 4 + (i % 7) as u32,
+            created_at: now,
+            valid_until: now + 600,
+            state: RecState::Pending,
+            reason: RecommendationReason {
+                term: "forecast".into(),
+                forecast_peak: 41.5,
+                forecast_peak_at: Some(now + 240),
+                quantile: 0.9,
+                lead_seconds: 180,
+                model: "linear".into(),
+                from_known: true,
+            },
+            decided_by: None,
+            decided_at: None,
+            comment: None,
+            outcome: None,
+        };
+        let t = Instant::now();
+        assert!(store.create(&rec, "prescale").await?);
+        store
+            .decide(&rec.id, RecState::Approved, "prescale:auto", None, now)
+            .await?;
+        assert!(store.finish(&rec.id, RecState::Applied, "ok", now).await?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
 
 /// Median seconds of one loop's two reads, over `runs` runs.
 async fn reads(store: &Store, runs: usize) -> anyhow::Result<f64> {
@@ -144,6 +187,31 @@ async fn main() -> anyhow::Result<()> {
     let applied = store.all_last_applied().await?;
     assert_eq!(applied.len(), workloads);
     assert_eq!(answered, (applied.len(), store.lapsed().await?.len()));
+    // Writes on this history against the same writes on an empty store of the same kind,
+    // in the same run: what a long history adds to each change.
+    let cycles = 200;
+    let written = writes(&store, workloads, cycles, now + 60).await?;
+    let empty_url = match &pg {
+        Some(p) => {
+            sqlx::query("CREATE DATABASE empty")
+                .execute(&mut raw)
+                .await?;
+            match p.url.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/empty"),
+                None => anyhow::bail!("unexpected PostgreSQL URL {}", p.url),
+            }
+        }
+        None => {
+            let empty_dir = dir.path().join("empty");
+            std::fs::create_dir(&empty_dir)?;
+            Store::sqlite_url(&empty_dir)
+        }
+    };
+    let empty = Store::open(&empty_url).await?;
+    let written_empty = writes(&empty, workloads, cycles, now + 60).await?;
+    drop(empty);
+    // What the prune must keep, with the changes just written.
+    let applied = store.all_last_applied().await?;
     // The prune as the loop runs it: batches of 10,000 until one comes back short (timed once).
     let t = Instant::now();
     let (mut pruned, mut entries, mut batches) = (0, 0, 0);
@@ -176,6 +244,13 @@ async fn main() -> anyhow::Result<()> {
         out,
         "  after the 90-day prune: previous {grouped_after:.4} s, current {after:.4} s ({:.0}x)",
         grouped_after / after
+    )?;
+    writeln!(
+        out,
+        "one change (create, approve, apply), median of {cycles}: {:.2} ms on this history, {:.2} ms on an empty store ({:.2}x)",
+        written * 1e3,
+        written_empty * 1e3,
+        written / written_empty
     )?;
     writeln!(
         out,
