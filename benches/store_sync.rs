@@ -19,7 +19,7 @@ mod common;
 use std::io::Write;
 use std::time::Instant;
 
-use prescale::store::{RecState, Recommendation, RecommendationReason, Store, new_id};
+use prescale::store::{RecState, Store};
 use sqlx::Connection;
 
 const DAY: i64 = 86_400;
@@ -31,29 +31,13 @@ async fn writes(store: &Store, workloads: usize, cycles: usize, from: i64) -> an
     let mut times = Vec::with_capacity(cycles);
     for i in 0..cycles {
         let now = from + 60 * i as i64;
-        let rec = Recommendation {
-            id: new_id(),
-            namespace: "bench".into(),
-            workload: format!("w{}", i % workloads),
-            from_replicas: 3,
-            to_replicas: 4 + (i % 7) as u32,
-            created_at: now,
-            valid_until: now + 600,
-            state: RecState::Pending,
-            reason: RecommendationReason {
-                term: "forecast".into(),
-                forecast_peak: 41.5,
-                forecast_peak_at: Some(now + 240),
-                quantile: 0.9,
-                lead_seconds: 180,
-                model: "linear".into(),
-                from_known: true,
-            },
-            decided_by: None,
-            decided_at: None,
-            comment: None,
-            outcome: None,
-        };
+        let rec = common::recommendation(
+            "bench",
+            &format!("w{}", i % workloads),
+            3,
+            4 + (i % 7) as u32,
+            now,
+        );
         let t = Instant::now();
         assert!(store.create(&rec, "prescale").await?);
         store

@@ -20,7 +20,7 @@ use prescale::api::{ApiSettings, router_with};
 use prescale::app::{Service, Timeline};
 use prescale::collector::TraceSource;
 use prescale::config::Config;
-use prescale::store::{RecState, Recommendation, RecommendationReason, Store, new_id};
+use prescale::store::{RecState, Recommendation, Store};
 
 const VIEWER: &str = "viewer-token-0123456789";
 const APPROVER: &str = "approver-token-0123456789";
@@ -716,27 +716,11 @@ fn current(s: &Setup, workload: &str) -> u32 {
 /// An approved recommendation as a person would have made it at `decided_at`.
 fn approved(from: u32, to: u32, created_at: i64, decided_at: i64) -> Recommendation {
     Recommendation {
-        id: new_id(),
-        namespace: "shop".into(),
-        workload: "web".into(),
-        from_replicas: from,
-        to_replicas: to,
-        created_at,
         valid_until: created_at + 1800,
         state: RecState::Approved,
-        reason: RecommendationReason {
-            term: "forecast".into(),
-            forecast_peak: 1.0,
-            forecast_peak_at: None,
-            quantile: 0.9,
-            lead_seconds: 480,
-            model: "seasonal_naive".into(),
-            from_known: true,
-        },
         decided_by: Some("alice".into()),
         decided_at: Some(decided_at),
-        comment: None,
-        outcome: None,
+        ..common::recommendation("shop", "web", from, to, created_at)
     }
 }
 

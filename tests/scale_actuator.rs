@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -1142,27 +1144,8 @@ mod service {
         // Applied changes of shop/other, 200 and 199 days before the loop's clock (the default
         // retention is 90 days): the older one goes, the newest applied one stays.
         let old = |days: i64, to: u32| prescale::store::Recommendation {
-            id: prescale::store::new_id(),
-            namespace: "shop".into(),
-            workload: "other".into(),
-            from_replicas: 3,
-            to_replicas: to,
-            created_at: 500 * STEP - days * 86_400,
-            valid_until: 500 * STEP - days * 86_400 + 600,
             state: RecState::Applied,
-            reason: prescale::store::RecommendationReason {
-                term: "forecast".into(),
-                forecast_peak: 0.0,
-                forecast_peak_at: None,
-                quantile: 0.9,
-                lead_seconds: 180,
-                model: "linear".into(),
-                from_known: true,
-            },
-            decided_by: None,
-            decided_at: None,
-            comment: None,
-            outcome: None,
+            ..common::recommendation("shop", "other", 3, to, 500 * STEP - days * 86_400)
         };
         let (a, b, c) = (old(200, 4), old(199, 5), old(198, 6));
         for r in [&a, &b] {

@@ -8,34 +8,12 @@
 mod common;
 
 use prescale::store::{
-    ControlChange, Controls, Override, RecFilter, RecState, Recommendation, RecommendationReason,
-    Store, StoreError, new_id,
+    ControlChange, Controls, Override, RecFilter, RecState, Recommendation, Store, StoreError,
+    new_id,
 };
 
 fn rec(workload: &str, to: u32, now: i64) -> Recommendation {
-    Recommendation {
-        id: new_id(),
-        namespace: "shop".into(),
-        workload: workload.into(),
-        from_replicas: 3,
-        to_replicas: to,
-        created_at: now,
-        valid_until: now + 600,
-        state: RecState::Pending,
-        reason: RecommendationReason {
-            term: "forecast".into(),
-            forecast_peak: 412.5,
-            forecast_peak_at: Some(now + 240),
-            quantile: 0.9,
-            lead_seconds: 180,
-            model: "mstl_ets".into(),
-            from_known: true,
-        },
-        decided_by: None,
-        decided_at: None,
-        comment: None,
-        outcome: None,
-    }
+    common::recommendation("shop", workload, 3, to, now)
 }
 
 async fn audit_count(s: &Store, target: &str, action: &str) -> usize {

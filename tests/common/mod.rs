@@ -221,3 +221,38 @@ pub fn test_config_head(data: &std::path::Path) -> String {
         data.display()
     )
 }
+
+/// A pending recommendation of `namespace/workload` from `from` to `to` replicas, made at
+/// `created_at` and valid for ten minutes, with a forecast reason. Tests change the fields
+/// they care about with struct update syntax.
+pub fn recommendation(
+    namespace: &str,
+    workload: &str,
+    from: u32,
+    to: u32,
+    created_at: i64,
+) -> prescale::store::Recommendation {
+    prescale::store::Recommendation {
+        id: prescale::store::new_id(),
+        namespace: namespace.into(),
+        workload: workload.into(),
+        from_replicas: from,
+        to_replicas: to,
+        created_at,
+        valid_until: created_at + 600,
+        state: prescale::store::RecState::Pending,
+        reason: prescale::store::RecommendationReason {
+            term: "forecast".into(),
+            forecast_peak: 412.5,
+            forecast_peak_at: Some(created_at + 240),
+            quantile: 0.9,
+            lead_seconds: 180,
+            model: "mstl_ets".into(),
+            from_known: true,
+        },
+        decided_by: None,
+        decided_at: None,
+        comment: None,
+        outcome: None,
+    }
+}
