@@ -135,6 +135,7 @@ enum PolicyChoice {
     Predictive,
     Hpa,
     Oracle,
+    Foresight,
     All,
 }
 
@@ -599,10 +600,16 @@ fn bench_forecast(args: &BenchForecastArgs) -> anyhow::Result<()> {
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let preset = ModelPreset::load(&args.model)?;
     let policies = match args.policy {
-        PolicyChoice::All => vec![PolicyName::Predictive, PolicyName::Hpa, PolicyName::Oracle],
+        PolicyChoice::All => vec![
+            PolicyName::Predictive,
+            PolicyName::Hpa,
+            PolicyName::Oracle,
+            PolicyName::Foresight,
+        ],
         PolicyChoice::Predictive => vec![PolicyName::Predictive],
         PolicyChoice::Hpa => vec![PolicyName::Hpa],
         PolicyChoice::Oracle => vec![PolicyName::Oracle],
+        PolicyChoice::Foresight => vec![PolicyName::Foresight],
     };
     if !(args.target_utilization > 0.0 && args.target_utilization <= 1.0) {
         bail!("--target-utilization must be in (0, 1]");
@@ -631,11 +638,12 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         writeln!(stdout, "{table}")?;
         writeln!(
             stdout,
-            "predictive wins on both unserved and replica-hours: {}/{}; median cost vs oracle: predictive {:.3}, hpa {:.3}; median coverage {:.3}",
+            "predictive wins on both unserved and replica-hours: {}/{}; median cost vs oracle: predictive {:.3}, hpa {:.3}, foresight {:.3}; median coverage {:.3}",
             agg.predictive_wins,
             agg.traces,
             agg.median_cost_predictive,
             agg.median_cost_hpa,
+            agg.median_cost_foresight,
             agg.median_coverage
         )?;
         writeln!(stdout, "wrote {}", args.out.display())?;

@@ -274,7 +274,8 @@ fn replay_command_writes_decisions_summary_and_plot() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
             .unwrap();
-    for p in ["predictive", "hpa", "oracle"] {
+    assert!(out.path().join("decisions_foresight.csv").exists());
+    for p in ["predictive", "hpa", "oracle", "foresight"] {
         assert!(
             summary["policies"][p]["replica_hours"].as_f64().unwrap() > 0.0,
             "{p}"

@@ -15,7 +15,7 @@ pub use trace::{Trace, TraceError};
 
 use serde::Serialize;
 
-use crate::domain::{Decision, Term};
+use crate::domain::{Decision, Reason, Term};
 use crate::forecast::{CandidateStats, Engine, EngineStatus, ModelPreset};
 use crate::policy::{
     Headroom, HpaConfig, HpaPolicy, Observation, PolicyConfig, PolicyConfigError, PredictivePolicy,
@@ -32,6 +32,12 @@ pub enum PolicyName {
     Hpa,
     /// Perfect foresight: exactly ceil(demand / capacity) ready replicas on every row.
     Oracle,
+    /// Perfect foresight under the pod startup physics: at each row, the fewest replicas that
+    /// serve every row the decision alone provides for. Its replica-hours are the least any
+    /// policy can spend while serving all demand with pods that take `startup` to start, so
+    /// it is the floor of cost vs oracle for a policy that serves everything. It reads the
+    /// future: a bound to measure against, never a contender.
+    Foresight,
 }
 
 impl PolicyName {
@@ -41,6 +47,7 @@ impl PolicyName {
             PolicyName::Predictive => "predictive",
             PolicyName::Hpa => "hpa",
             PolicyName::Oracle => "oracle",
+            PolicyName::Foresight => "foresight",
         }
     }
 }
@@ -196,6 +203,23 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
     for &name in &cfg.policies {
         let r = match name {
             PolicyName::Oracle => oracle_rows(trace, cfg.capacity),
+            PolicyName::Foresight => {
+                let wants = foresight_decisions(trace, cfg);
+                run_policy(trace, cfg, initial, |i, _| Decision {
+                    desired_replicas: wants[i],
+                    reason: Reason {
+                        term: Term::Forecast,
+                        forecast_peak: 0.0,
+                        forecast_peak_at: None,
+                        forecast_point_peak: 0.0,
+                        model: "foresight",
+                        quantile: 0.0,
+                        headroom_scale: 1.0,
+                        lead_seconds: cfg.startup + cadence,
+                        raw_replicas: wants[i],
+                    },
+                })
+            }
             PolicyName::Hpa => {
                 let mut hpa = HpaPolicy::new(
                     HpaConfig {
@@ -318,6 +342,33 @@ fn run_policy(
         }
     }
     out
+}
+
+/// The foresight bound's decisions. A pod ready on row `j` was asked for on a row `m` with
+/// `t[m+1] + startup <= t[j]`, and it exists on every row from `m+1` to `j`. When
+/// `t[j] < t[i+2] + startup`, a pod the decision of row `i+1` asks for is not ready by row
+/// `j`, so every pod serving `j` already exists on row `i+1`: the replicas kept on row `i+1`
+/// must cover the need of every such row `j`. The decision of row `i` is that maximum (the
+/// last row, with nothing after it, keeps its own need).
+fn foresight_decisions(trace: &Trace, cfg: &ReplayConfig) -> Vec<u32> {
+    let (t, d) = (&trace.timestamps, &trace.values);
+    let need = |j: usize| {
+        crate::policy::replicas_for(d[j], cfg.capacity).clamp(cfg.min_replicas, cfg.max_replicas)
+    };
+    let startup = i64::try_from(cfg.startup).unwrap_or(i64::MAX);
+    (0..t.len())
+        .map(|i| {
+            // Without a row i+2 the window runs to the end of the trace.
+            let until = t
+                .get(i + 2)
+                .map_or(i64::MAX, |&x| x.saturating_add(startup));
+            (i + 1..t.len())
+                .take_while(|&j| t[j] < until)
+                .map(need)
+                .max()
+                .unwrap_or_else(|| need(i))
+        })
+        .collect()
 }
 
 fn oracle_rows(trace: &Trace, capacity: f64) -> Vec<Row> {
@@ -443,4 +494,103 @@ pub fn write_outputs(
     )
     .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(values: &[f64]) -> Trace {
+        Trace {
+            path: "test.csv".into(),
+            timestamps: (0..values.len() as i64).map(|i| i * 300).collect(),
+            values: values.to_vec(),
+        }
+    }
+
+    fn config(startup: u64) -> ReplayConfig {
+        ReplayConfig {
+            capacity: 1.0,
+            startup,
+            min_replicas: 1,
+            max_replicas: 100,
+            hpa_target_utilization: 0.7,
+            preset: ModelPreset::load("auto").expect("the auto preset"),
+            headroom: Headroom::HpaParity,
+            policies: vec![PolicyName::Foresight],
+            score_from_row: 0,
+        }
+    }
+
+    /// (unserved demand, replica-rows) of a fixed sequence of decisions.
+    fn cost(t: &Trace, cfg: &ReplayConfig, decisions: &[u32]) -> (f64, u32) {
+        let initial = initial_replicas(t.values[0], cfg);
+        let rows = run_policy(t, cfg, initial, |i, _| Decision {
+            desired_replicas: decisions[i],
+            reason: Reason {
+                term: Term::Forecast,
+                forecast_peak: 0.0,
+                forecast_peak_at: None,
+                forecast_point_peak: 0.0,
+                model: "test",
+                quantile: 0.0,
+                headroom_scale: 1.0,
+                lead_seconds: 0,
+                raw_replicas: decisions[i],
+            },
+        });
+        (
+            rows.iter().map(|r| r.unserved).sum(),
+            rows.iter().map(|r| r.total_replicas).sum(),
+        )
+    }
+
+    #[test]
+    fn foresight_asks_before_a_peak_for_the_rows_its_pods_cannot_reach_later() {
+        // 300 s rows, 180 s startup: pods asked on row i are ready on row i+2, so row i keeps
+        // what rows i+1 and i+2 need; the last row keeps its own need.
+        let t = trace(&[1.0, 1.0, 5.0, 1.0, 1.0, 1.0]);
+        assert_eq!(foresight_decisions(&t, &config(180)), [5, 5, 1, 1, 1, 1]);
+        // A 400 s startup: ready on row i+3, so row i covers rows i+1 to i+3.
+        assert_eq!(foresight_decisions(&t, &config(400)), [5, 5, 1, 1, 1, 1]);
+        let t = trace(&[1.0, 1.0, 1.0, 5.0, 1.0, 1.0]);
+        assert_eq!(foresight_decisions(&t, &config(400)), [5, 5, 5, 1, 1, 1]);
+        assert_eq!(foresight_decisions(&t, &config(180)), [1, 5, 5, 1, 1, 1]);
+    }
+
+    #[test]
+    fn no_sequence_of_decisions_serves_everything_for_less_than_foresight() {
+        // Every sequence of decisions in 1..=4 over six rows, on a few traces: the cheapest
+        // that leaves nothing unserved costs exactly what foresight costs, and foresight
+        // leaves nothing unserved. Rows 1 and 2 need no more than row 0: no decision can
+        // make pods ready there (at 400 s startup row 0's pods are ready on row 3), so a
+        // trace rising sooner has no sequence that serves it all.
+        let traces = [
+            [3.0, 2.0, 1.0, 4.0, 2.0, 1.0],
+            [2.0, 2.0, 1.0, 1.0, 4.0, 1.0],
+            [2.0, 1.0, 1.0, 4.0, 4.0, 1.0],
+            [4.0, 1.0, 2.0, 1.0, 3.0, 3.0],
+            [1.0, 1.0, 1.0, 1.0, 1.0, 4.0],
+        ];
+        for startup in [180, 400] {
+            let cfg = config(startup);
+            for values in &traces {
+                let t = trace(values);
+                let f = cost(&t, &cfg, &foresight_decisions(&t, &cfg));
+                assert_eq!(
+                    f.0, 0.0,
+                    "{values:?} startup {startup}: foresight left demand"
+                );
+                let mut best = u32::MAX;
+                for code in 0..4u32.pow(6) {
+                    let d: Vec<u32> = (0..6).map(|k| 1 + code / 4u32.pow(k) % 4).collect();
+                    let (unserved, rows) = cost(&t, &cfg, &d);
+                    if unserved == 0.0 {
+                        best = best.min(rows);
+                    }
+                }
+                assert_eq!(f.1, best, "{values:?} startup {startup}");
+            }
+        }
+    }
 }

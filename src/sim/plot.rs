@@ -113,6 +113,7 @@ pub fn write_plot(
             PolicyName::Predictive => BLUE,
             PolicyName::Hpa => RED,
             PolicyName::Oracle => GREEN,
+            PolicyName::Foresight => MAGENTA,
         };
         let cap: Vec<f64> = rows
             .iter()

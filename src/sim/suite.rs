@@ -40,6 +40,8 @@ pub struct SuiteRow {
     pub hpa: Scores,
     /// Predictive scores.
     pub predictive: Scores,
+    /// Scores of the foresight bound (the least cost that serves everything).
+    pub foresight: Scores,
     /// Predictive served more (or equal when both serve everything) with fewer replica-hours.
     pub predictive_wins: bool,
     /// Coverage of the published upper quantile at the lead horizon.
@@ -71,6 +73,8 @@ pub struct SuiteAggregate {
     pub median_cost_hpa: f64,
     /// Median cost vs oracle, predictive.
     pub median_cost_predictive: f64,
+    /// Median cost vs oracle of the foresight bound.
+    pub median_cost_foresight: f64,
     /// Median coverage of the upper quantile at the lead horizon.
     pub median_coverage: f64,
 }
@@ -167,6 +171,11 @@ pub fn run_suite(
                 .filter_map(|r| r.predictive.cost_vs_oracle)
                 .collect(),
         ),
+        median_cost_foresight: median(
+            rows.iter()
+                .filter_map(|r| r.foresight.cost_vs_oracle)
+                .collect(),
+        ),
         median_coverage: median(rows.iter().filter_map(|r| r.coverage).collect()),
     };
     std::fs::write(out.join("suite.md"), markdown(&rows, &agg))?;
@@ -189,7 +198,12 @@ fn run_one(
         capacity: entry.capacity,
         startup: entry.startup_s,
         score_from_row: entry.score_from_row,
-        policies: vec![PolicyName::Predictive, PolicyName::Hpa, PolicyName::Oracle],
+        policies: vec![
+            PolicyName::Predictive,
+            PolicyName::Hpa,
+            PolicyName::Oracle,
+            PolicyName::Foresight,
+        ],
         ..base.clone()
     };
     let result = replay(&trace, &cfg)?;
@@ -207,6 +221,7 @@ fn run_one(
     };
     let hpa = pick("hpa")?;
     let predictive = pick("predictive")?;
+    let foresight = pick("foresight")?;
     let unserved_ok = predictive.unserved_fraction < hpa.unserved_fraction
         || (predictive.unserved_fraction == 0.0 && hpa.unserved_fraction == 0.0);
     let main_model = s
@@ -225,6 +240,7 @@ fn run_one(
         predictive_wins: unserved_ok && predictive.replica_hours < hpa.replica_hours,
         hpa,
         predictive,
+        foresight,
         coverage: s.forecast_status.as_ref().and_then(|st| st.coverage),
         forecast: s.forecast.clone(),
         main_model,
@@ -236,12 +252,12 @@ fn markdown(rows: &[SuiteRow], agg: &SuiteAggregate) -> String {
     let pct = |v: f64| format!("{:.2}%", 100.0 * v);
     let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), |x| format!("{x:.3}"));
     let mut s = String::from(
-        "| trace | unserved hpa | unserved pred | overloaded hpa | overloaded pred | cost hpa | cost pred | win | coverage | model |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| trace | unserved hpa | unserved pred | overloaded hpa | overloaded pred | cost hpa | cost pred | cost foresight | win | coverage | model |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.trace,
             pct(r.hpa.unserved_fraction),
             pct(r.predictive.unserved_fraction),
@@ -249,19 +265,21 @@ fn markdown(rows: &[SuiteRow], agg: &SuiteAggregate) -> String {
             pct(r.predictive.overloaded_time_fraction),
             opt(r.hpa.cost_vs_oracle),
             opt(r.predictive.cost_vs_oracle),
+            opt(r.foresight.cost_vs_oracle),
             if r.predictive_wins { "yes" } else { "no" },
             opt(r.coverage),
             r.main_model,
         );
     }
     s += &format!(
-        "| **median** | {} | {} | {} | {} | {:.3} | {:.3} | {}/{} | {:.3} | |\n",
+        "| **median** | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {}/{} | {:.3} | |\n",
         pct(agg.median_unserved_hpa),
         pct(agg.median_unserved_predictive),
         pct(agg.median_overloaded_hpa),
         pct(agg.median_overloaded_predictive),
         agg.median_cost_hpa,
         agg.median_cost_predictive,
+        agg.median_cost_foresight,
         agg.predictive_wins,
         agg.traces,
         agg.median_coverage,
