@@ -600,12 +600,7 @@ fn bench_forecast(args: &BenchForecastArgs) -> anyhow::Result<()> {
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let preset = ModelPreset::load(&args.model)?;
     let policies = match args.policy {
-        PolicyChoice::All => vec![
-            PolicyName::Predictive,
-            PolicyName::Hpa,
-            PolicyName::Oracle,
-            PolicyName::Foresight,
-        ],
+        PolicyChoice::All => PolicyName::ALL.to_vec(),
         PolicyChoice::Predictive => vec![PolicyName::Predictive],
         PolicyChoice::Hpa => vec![PolicyName::Hpa],
         PolicyChoice::Oracle => vec![PolicyName::Oracle],

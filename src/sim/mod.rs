@@ -41,6 +41,14 @@ pub enum PolicyName {
 }
 
 impl PolicyName {
+    /// Every policy, in the order replays run and report them.
+    pub const ALL: [PolicyName; 4] = [
+        PolicyName::Predictive,
+        PolicyName::Hpa,
+        PolicyName::Oracle,
+        PolicyName::Foresight,
+    ];
+
     /// Stable name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -196,7 +204,7 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
     };
     policy_cfg.validate()?;
     let lead_steps = policy_cfg.lead_seconds().div_ceil(cadence) as usize;
-    let initial = initial_replicas(trace.values[0], cfg);
+    let initial = needed_replicas(trace.values[0], cfg);
     let mut rows = Vec::new();
     let mut forecast = Vec::new();
     let mut status = None;
@@ -205,19 +213,8 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
             PolicyName::Oracle => oracle_rows(trace, cfg.capacity),
             PolicyName::Foresight => {
                 let wants = foresight_decisions(trace, cfg);
-                run_policy(trace, cfg, initial, |i, _| Decision {
-                    desired_replicas: wants[i],
-                    reason: Reason {
-                        term: Term::Forecast,
-                        forecast_peak: 0.0,
-                        forecast_peak_at: None,
-                        forecast_point_peak: 0.0,
-                        model: "foresight",
-                        quantile: 0.0,
-                        headroom_scale: 1.0,
-                        lead_seconds: cfg.startup + cadence,
-                        raw_replicas: wants[i],
-                    },
+                run_policy(trace, cfg, initial, |i, _| {
+                    scripted(wants[i], "foresight", cfg.startup + cadence)
                 })
             }
             PolicyName::Hpa => {
@@ -293,9 +290,27 @@ pub fn replay(trace: &Trace, cfg: &ReplayConfig) -> Result<ReplayResult, PolicyC
     })
 }
 
-fn initial_replicas(first_demand: f64, cfg: &ReplayConfig) -> u32 {
-    crate::policy::replicas_for(first_demand, cfg.capacity)
-        .clamp(cfg.min_replicas, cfg.max_replicas)
+/// `ceil(demand / capacity)` within min/max: the replicas a row's demand needs.
+fn needed_replicas(demand: f64, cfg: &ReplayConfig) -> u32 {
+    crate::policy::replicas_for(demand, cfg.capacity).clamp(cfg.min_replicas, cfg.max_replicas)
+}
+
+/// A decision read from a precomputed sequence rather than from a forecast.
+fn scripted(desired_replicas: u32, model: &'static str, lead_seconds: u64) -> Decision {
+    Decision {
+        desired_replicas,
+        reason: Reason {
+            term: Term::Forecast,
+            forecast_peak: 0.0,
+            forecast_peak_at: None,
+            forecast_point_peak: 0.0,
+            model,
+            quantile: 0.0,
+            headroom_scale: 1.0,
+            lead_seconds,
+            raw_replicas: desired_replicas,
+        },
+    }
 }
 
 /// Steps the physics row by row; `decide(i, demand, obs)` sees only rows up to `i`.
@@ -352,9 +367,7 @@ fn run_policy(
 /// last row, with nothing after it, keeps its own need).
 fn foresight_decisions(trace: &Trace, cfg: &ReplayConfig) -> Vec<u32> {
     let (t, d) = (&trace.timestamps, &trace.values);
-    let need = |j: usize| {
-        crate::policy::replicas_for(d[j], cfg.capacity).clamp(cfg.min_replicas, cfg.max_replicas)
-    };
+    let need = |j: usize| needed_replicas(d[j], cfg);
     let startup = i64::try_from(cfg.startup).unwrap_or(i64::MAX);
     (0..t.len())
         .map(|i| {
@@ -524,21 +537,8 @@ mod tests {
 
     /// (unserved demand, replica-rows) of a fixed sequence of decisions.
     fn cost(t: &Trace, cfg: &ReplayConfig, decisions: &[u32]) -> (f64, u32) {
-        let initial = initial_replicas(t.values[0], cfg);
-        let rows = run_policy(t, cfg, initial, |i, _| Decision {
-            desired_replicas: decisions[i],
-            reason: Reason {
-                term: Term::Forecast,
-                forecast_peak: 0.0,
-                forecast_peak_at: None,
-                forecast_point_peak: 0.0,
-                model: "test",
-                quantile: 0.0,
-                headroom_scale: 1.0,
-                lead_seconds: 0,
-                raw_replicas: decisions[i],
-            },
-        });
+        let initial = needed_replicas(t.values[0], cfg);
+        let rows = run_policy(t, cfg, initial, |i, _| scripted(decisions[i], "test", 0));
         (
             rows.iter().map(|r| r.unserved).sum(),
             rows.iter().map(|r| r.total_replicas).sum(),

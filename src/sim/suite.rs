@@ -198,12 +198,7 @@ fn run_one(
         capacity: entry.capacity,
         startup: entry.startup_s,
         score_from_row: entry.score_from_row,
-        policies: vec![
-            PolicyName::Predictive,
-            PolicyName::Hpa,
-            PolicyName::Oracle,
-            PolicyName::Foresight,
-        ],
+        policies: PolicyName::ALL.to_vec(),
         ..base.clone()
     };
     let result = replay(&trace, &cfg)?;
