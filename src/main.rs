@@ -478,21 +478,29 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
     })
 }
 
+/// Waits for SIGTERM or SIGINT. SIGHUP, which many daemons take as "reload", is logged and
+/// ignored: its default action would kill the service without its shutdown snapshot.
 async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = int.recv() => return,
+                    _ = hup.recv() => tracing::warn!(
+                        "SIGHUP ignored: there is no live config reload; restart to apply a new config"
+                    ),
+                }
             }
-            return;
         }
     }
-    let _ = ctrl_c.await;
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn bench_keda(

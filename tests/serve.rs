@@ -1,5 +1,5 @@
 //! `prescale serve` as a newcomer meets it: the embedded demo over HTTP, readiness, the
-//! read API, SIGTERM; and `check-config` on good and bad files.
+//! read API, SIGHUP ignored, SIGTERM; and `check-config` on good and bad files.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 #![allow(clippy::disallowed_methods)] // polling a child process from a test thread
@@ -55,15 +55,25 @@ fn the_demo_serves_forecasts_and_stops_cleanly_on_sigterm() {
     let first = last_sample(&std::fs::read_to_string(data.path().join("snapshot.json")).unwrap());
     std::thread::sleep(Duration::from_millis(2500));
 
-    // SIGTERM: drains and exits 0; the snapshot survives for the next start.
     let pid = child.id().to_string();
-    assert!(
+    let kill = |signal: &str| {
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .unwrap()
             .success()
+    };
+    // SIGHUP (a reflexive "reload") is ignored: the service keeps serving.
+    assert!(kill("-HUP"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the service"
     );
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+
+    // SIGTERM: drains and exits 0; the snapshot survives for the next start.
+    assert!(kill("-TERM"));
     let mut status = None;
     for _ in 0..100 {
         if let Some(s) = child.try_wait().unwrap() {
