@@ -500,15 +500,27 @@ impl Engine {
         }
         let gap = k - next;
         let prev = self.grid.last().unwrap_or(value);
-        for g in 1..=gap {
+        // Only the steps the grid keeps are filled: a gap of months (a workload paused, a
+        // clock jump) must not write and trim every step of it.
+        let first_fill = if gap >= self.keep {
+            self.grid = Grid::default().with_room(self.keep);
+            self.start = k + 1 - self.keep;
+            gap + 1 - self.keep + 1
+        } else {
+            1
+        };
+        for g in first_fill..=gap {
             let v = prev + (value - prev) * g as f64 / (gap + 1) as f64;
             self.grid.push(v);
         }
-        if gap > self.max_fill {
+        let long = gap > self.max_fill;
+        if long {
             self.unscored.push_back((next, k));
         }
         self.grid.push(value);
-        for idx in next..=k {
+        // The steps of a long gap are unscored: maturing them would only retire forecasts,
+        // which maturing the new sample does as well.
+        for idx in (if long { k } else { next.max(self.start) })..=k {
             self.mature(idx);
         }
         self.level += RECENT_RATE * (value - self.level);
@@ -520,16 +532,13 @@ impl Engine {
         } else {
             self.zero_share >= INTERMITTENT_ENTER
         };
-        let drop = self.grid.trim(self.keep);
-        if drop > 0 {
-            self.start += drop;
-            while self
-                .unscored
-                .front()
-                .is_some_and(|&(_, to)| to <= self.start)
-            {
-                self.unscored.pop_front();
-            }
+        self.start += self.grid.trim(self.keep);
+        while self
+            .unscored
+            .front()
+            .is_some_and(|&(_, to)| to <= self.start)
+        {
+            self.unscored.pop_front();
         }
         Ok(())
     }
@@ -1501,6 +1510,37 @@ mod tests {
         assert!(e.is_scored(0) && e.is_scored(100));
         assert!(!e.is_scored(50), "a long gap is not scored");
         assert!(!e.is_scored(1) && !e.is_scored(99));
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_history_fills_only_what_is_kept() {
+        let mut e = Engine::new(preset(), 60, 3);
+        for i in 0..500 {
+            e.observe(60 * i, 10.0).unwrap();
+        }
+        let keep = e.keep;
+        // Three histories later, and then a clock jump of a few thousand years: filling every
+        // step of that one would never finish.
+        let k = 499 + 3 * keep as i64;
+        e.observe(60 * k, 40.0).unwrap();
+        assert_eq!(e.grid.len(), keep, "more than the history kept");
+        assert_eq!(e.start + keep, k as usize + 1);
+        let (gap, tail) = (k - 499, e.grid.to_vec(keep - 3, keep));
+        let line = |j: i64| 10.0 + 30.0 * (j - 499) as f64 / gap as f64;
+        for (v, j) in tail.iter().zip(k - 2..) {
+            assert!(
+                (v - line(j)).abs() < 0.05,
+                "{v} is not on the fill line at {j}"
+            );
+        }
+        assert!(!e.is_scored(e.start) && e.is_scored(k as usize));
+        e.observe(60 * k + 60 * 100_000_000_000, 5.0).unwrap();
+        assert_eq!(e.grid.len(), keep);
+        assert!(e.grid.last().is_some_and(|v| (v - 5.0).abs() < 0.05));
+        assert!(
+            e.unscored.len() <= 1,
+            "ranges before the history are dropped"
+        );
     }
 
     #[test]

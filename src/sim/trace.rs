@@ -191,14 +191,24 @@ impl Trace {
     }
 }
 
+/// Timestamps from here on are not unix seconds (this is the year 5138): most likely
+/// milliseconds, which would otherwise read as a cadence a thousand times too long.
+const MAX_UNIX_SECONDS: i64 = 100_000_000_000;
+
 fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
-    if let Ok(t) = s.parse::<i64>() {
-        return Ok(t);
+    let t = match s.parse::<i64>() {
+        Ok(t) => t,
+        Err(_) => match s.parse::<f64>() {
+            Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 => f as i64,
+            _ => return Err(format!("timestamp `{s}` is not whole unix seconds")),
+        },
+    };
+    if !(0..MAX_UNIX_SECONDS).contains(&t) {
+        return Err(format!(
+            "timestamp {t} is not unix seconds in 0..{MAX_UNIX_SECONDS} (milliseconds?)"
+        ));
     }
-    match s.parse::<f64>() {
-        Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 => Ok(f as i64),
-        _ => Err(format!("timestamp `{s}` is not whole unix seconds")),
-    }
+    Ok(t)
 }
 
 fn parse_value(s: &str) -> Result<f64, String> {
@@ -248,6 +258,13 @@ mod tests {
             ("timestamp,value\n0,1\nx,2\n", "row", Some(":3:")),
             ("timestamp,value\n0,1\n60,1,5\n", "row", Some(":3:")),
             ("timestamp,value\n0,1\n", "too_short", None),
+            // A millisecond timestamp (here the last row, so still sorted), and a negative one.
+            (
+                "timestamp,value\n0,1\n60,1\n1700000000000,2\n",
+                "row",
+                Some(":4:"),
+            ),
+            ("timestamp,value\n-60,1\n0,1\n", "row", Some(":2:")),
         ];
         for (input, kind, loc) in cases {
             let err = parse(input).unwrap_err();
