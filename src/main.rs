@@ -153,17 +153,19 @@ struct ReplayArgs {
     /// Suite file (JSON, format of shared/datasets/suite.json): replays every trace in it.
     #[arg(long)]
     suite: Option<PathBuf>,
-    /// Demand one ready replica serves. Default: the trace's 99th percentile / 20.
-    #[arg(long)]
+    /// Demand one ready replica serves. Default: the trace's 99th percentile / 20. With
+    /// --suite, each trace's comes from the suite file.
+    #[arg(long, conflicts_with = "suite")]
     capacity: Option<f64>,
     /// Pod startup time, e.g. `120s` or `3m`. Default: 120s for cadences up to 60 s, else 180s.
-    #[arg(long, value_parser = parse_duration)]
+    /// With --suite, each trace's comes from the suite file.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "suite")]
     startup: Option<u64>,
     /// Output directory.
     #[arg(long, default_value = "out/replay")]
     out: PathBuf,
-    /// Policies to run.
-    #[arg(long, value_enum, default_value = "all")]
+    /// Policies to run (--suite always runs all).
+    #[arg(long, value_enum, default_value = "all", conflicts_with = "suite")]
     policy: PolicyChoice,
     /// Lowest replica count (predictive and hpa).
     #[arg(long, default_value_t = 1)]
@@ -182,8 +184,9 @@ struct ReplayArgs {
     /// preset's calibrated quantile).
     #[arg(long, value_enum, default_value = "hpa-parity")]
     headroom: HeadroomChoice,
-    /// First scored row (earlier rows are warm-up). Default: rows / 5, as in the suite.
-    #[arg(long)]
+    /// First scored row (earlier rows are warm-up). Default: rows / 5, as in the suite. With
+    /// --suite, each trace's comes from the suite file.
+    #[arg(long, conflicts_with = "suite")]
     score_from_row: Option<usize>,
     /// Traces replayed in parallel with --suite.
     #[arg(long, default_value_t = 2)]

@@ -312,3 +312,83 @@ fn bad_traces_get_a_clear_error_naming_file_and_line() {
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
 }
+
+#[test]
+fn a_suite_replays_each_trace_as_a_single_replay_would() {
+    // Two traces (the golden one at two capacities) with their own parameters; every suite
+    // row must carry the scores the same replay gives alone, and the aggregate their count.
+    let dir = tempfile::tempdir().unwrap();
+    let golden = std::fs::read(fixture("golden_trace.csv")).unwrap();
+    std::fs::write(dir.path().join("a.csv"), &golden).unwrap();
+    std::fs::write(dir.path().join("b.csv"), &golden).unwrap();
+    let suite = dir.path().join("suite.json");
+    let entries = [("a.csv", 6.0, 180, 288), ("b.csv", 3.5, 120, 400)];
+    let traces: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(t, c, s, f)| {
+            serde_json::json!({"trace": t, "capacity": c, "startup_s": s, "score_from_row": f})
+        })
+        .collect();
+    std::fs::write(&suite, serde_json::json!({ "traces": traces }).to_string()).unwrap();
+    let out = dir.path().join("out");
+    let o = prescale(&[
+        "replay",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("suite.json")).unwrap()).unwrap();
+    let rows = table["traces"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let wins = rows.iter().filter(|r| r["predictive_wins"] == true).count();
+    assert_eq!(table["aggregate"]["predictive_wins"], wins);
+    assert_eq!(table["aggregate"]["traces"], 2);
+    for ((name, capacity, startup, from), row) in entries.iter().zip(rows) {
+        let alone = dir.path().join(format!("alone_{name}"));
+        let o = prescale(&[
+            "replay",
+            "--trace",
+            dir.path().join(name).to_str().unwrap(),
+            "--capacity",
+            &capacity.to_string(),
+            "--startup",
+            &startup.to_string(),
+            "--score-from-row",
+            &from.to_string(),
+            "--out",
+            alone.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(alone.join("summary.json")).unwrap())
+                .unwrap();
+        for p in ["predictive", "hpa", "foresight"] {
+            assert_eq!(row[p], summary["policies"][p], "{name} {p}");
+        }
+        assert_eq!(
+            row["rows"].as_u64().unwrap(),
+            1440,
+            "{name}: every row replayed"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("suite.md")).unwrap();
+    assert!(md.contains("| a.csv |") && md.contains("| b.csv |"), "{md}");
+    assert!(md.contains("**median**"), "{md}");
+
+    // Per-trace parameters come from the suite file: giving one on the command line is an
+    // error, not silently ignored.
+    let o = prescale(&[
+        "replay",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--startup",
+        "60s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--startup"));
+}

@@ -546,6 +546,35 @@ mod tests {
     }
 
     #[test]
+    fn scores_match_a_replay_worked_by_hand() {
+        // 300 s rows, capacity 1, 180 s startup, two pods ready at the start. Row 1 asks for
+        // six: applied at row 2 (t = 600), ready at 780, so row 2 serves 2 of 6. Row 3 asks
+        // for two: the four extra pods go at row 4 at once.
+        let t = trace(&[2.0, 2.0, 6.0, 6.0, 1.0]);
+        let cfg = config(180);
+        let decisions = [2, 6, 6, 2, 2];
+        let rows = run_policy(&t, &cfg, 2, |i, _| scripted(decisions[i], "test", 0));
+        let ready: Vec<u32> = rows.iter().map(|r| r.ready_replicas).collect();
+        let total: Vec<u32> = rows.iter().map(|r| r.total_replicas).collect();
+        assert_eq!(ready, [2, 2, 2, 6, 2]);
+        assert_eq!(total, [2, 2, 6, 6, 2]);
+        let oracle = score(&oracle_rows(&t, cfg.capacity), 0, 300, 0.0);
+        assert!((oracle.replica_hours - 17.0 * 300.0 / 3600.0).abs() < 1e-9);
+        let s = score(&rows, 0, 300, oracle.replica_hours);
+        assert!((s.unserved_fraction - 4.0 / 17.0).abs() < 1e-12);
+        assert!((s.overloaded_time_fraction - 0.2).abs() < 1e-12);
+        assert!((s.replica_hours - 18.0 * 300.0 / 3600.0).abs() < 1e-9);
+        assert!((s.cost_vs_oracle.unwrap() - 18.0 / 17.0).abs() < 1e-12);
+        assert_eq!((s.scored_rows, s.scale_changes), (5, 2));
+        // Scoring from row 1 leaves row 0 out of every sum.
+        let s = score(&rows, 1, 300, oracle.replica_hours);
+        assert!((s.unserved_fraction - 4.0 / 15.0).abs() < 1e-12);
+        assert!((s.overloaded_time_fraction - 0.25).abs() < 1e-12);
+        assert!((s.replica_hours - 16.0 * 300.0 / 3600.0).abs() < 1e-9);
+        assert_eq!(s.scored_rows, 4);
+    }
+
+    #[test]
     fn foresight_asks_before_a_peak_for_the_rows_its_pods_cannot_reach_later() {
         // 300 s rows, 180 s startup: pods asked on row i are ready on row i+2, so row i keeps
         // what rows i+1 and i+2 need; the last row keeps its own need.
