@@ -302,6 +302,51 @@ mod tests {
     }
 
     #[test]
+    fn the_rules_the_other_cases_leave_out_worked_by_hand() {
+        // First sight seeds the history with (current, now): a fresh HPA at 10 pods whose
+        // proposal is 3 (util 21% -> ratio 0.3) keeps 10 for the window.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 10, 10, 21.0), 10);
+        assert_eq!(
+            h.sync(301, 10, 10, 21.0),
+            3,
+            "the seed and t=0 have left the window"
+        );
+
+        // Both tolerance bounds are inclusive: 63% (ratio 0.9) holds after the window, 62.99%
+        // (read as 62%: 0.886) goes to ceil(8.86) = 9.
+        let mut h = hpa();
+        assert_eq!(h.sync(0, 10, 10, 63.0), 10, "ratio 0.9: inside");
+        assert_eq!(h.sync(400, 10, 10, 63.0), 10);
+        assert_eq!(h.sync(800, 10, 10, 62.99), 9);
+        // Utilisation is truncated to a whole percent before the ratio: 77.9% reads 77%
+        // (ratio 1.1, inside), where the exact 1.113 would ask for ceil(11.13) = 12.
+        assert_eq!(hpa().sync(0, 10, 10, 77.9), 10);
+        assert_eq!(hpa().sync(0, 10, 10, 78.0), 12);
+
+        // Scaling down with unready pods: only ready pods carry the metric and the ratio is
+        // applied to them (6 ready of 10, demand 21: util 35% -> ratio 0.5 -> 3).
+        let mut h = hpa();
+        h.sync(0, 10, 10, 70.0);
+        assert_eq!(h.sync(400, 10, 6, 21.0), 3);
+
+        // current == 0 with minReplicas != 0: scaling is disabled, nothing changes.
+        assert_eq!(hpa().sync(0, 0, 0, 500.0), 0);
+
+        // A metric error (no demand) holds through every sync of the period.
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 1, 100), 60);
+        let d = h.recommend(&Observation {
+            now: 0,
+            demand: None,
+            current_replicas: 7,
+            ready_replicas: 7,
+            forecast: None,
+        });
+        assert_eq!(d.desired_replicas, 7);
+        assert_eq!(d.reason.term, Term::MissingData);
+    }
+
+    #[test]
     fn ceil_tolerates_float_noise() {
         assert_eq!(ceil_u32(3.000_000_000_1), 3);
         assert_eq!(ceil_u32(3.01), 4);
