@@ -154,14 +154,19 @@ impl HpaPolicy {
 impl ScalingPolicy for HpaPolicy {
     fn recommend(&mut self, obs: &Observation<'_>) -> Decision {
         let mut replicas = obs.current_replicas;
-        let syncs = (self.period / self.cfg.sync_period).max(1);
-        for k in 0..syncs {
-            let now = obs.now + (k * self.cfg.sync_period) as i64;
+        // The controller syncs on its own clock, every `sync_period` seconds: the syncs of this
+        // decision period are those at multiples of it in [now, now + period). A period shorter
+        // than a sync (10 s rows) then has a sync in two rows of three, not one in every row.
+        let every = self.cfg.sync_period.max(1) as i64;
+        let end = obs.now + self.period as i64;
+        let mut at = obs.now + (-obs.now).rem_euclid(every);
+        while at < end {
             replicas = match obs.demand {
-                Some(d) => self.sync(now, replicas, obs.ready_replicas, d),
+                Some(d) => self.sync(at, replicas, obs.ready_replicas, d),
                 // A metric error: the HPA holds.
                 None => replicas,
             };
+            at += every;
         }
         let term = if obs.demand.is_none() {
             Term::MissingData
@@ -299,6 +304,28 @@ mod tests {
         // ratio stays far above 1, so each sync doubles until the period ends.
         let d = h.recommend(&obs);
         assert_eq!(d.desired_replicas, 32);
+        // Off the sync clock (now = 7), the period still holds four syncs (15, 30, 45, 60).
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 1, 100), 60);
+        assert_eq!(
+            h.recommend(&Observation { now: 7, ..obs }).desired_replicas,
+            32
+        );
+        // 10 s rows: syncs at 0, 15 and 30 fall in the rows at 0, 10 and 30; the row at 20
+        // has none and keeps what it has.
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 1, 100), 10);
+        let mut current = 1;
+        let mut seen = Vec::new();
+        for now in [0, 10, 20, 30] {
+            current = h
+                .recommend(&Observation {
+                    now,
+                    current_replicas: current,
+                    ..obs
+                })
+                .desired_replicas;
+            seen.push(current);
+        }
+        assert_eq!(seen, [4, 8, 8, 16]);
     }
 
     #[test]
