@@ -197,9 +197,12 @@ fn parse_duration(s: &str) -> Result<u64, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(secs);
     }
-    humantime::parse_duration(s)
-        .map(|d| d.as_secs())
-        .map_err(|e| format!("`{s}` is not a duration like 120s or 3m: {e}"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 120s or 3m: {e}"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("`{s}` is not a whole number of seconds"));
+    }
+    Ok(d.as_secs())
 }
 
 /// Exit code for an invalid configuration (sysexits EX_USAGE).

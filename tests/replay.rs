@@ -246,17 +246,21 @@ fn prescale(args: &[&str]) -> std::process::Output {
 #[test]
 fn replay_command_writes_decisions_summary_and_plot() {
     let out = tempfile::tempdir().unwrap();
-    let o = prescale(&[
-        "replay",
-        "--trace",
-        fixture("golden_trace.csv").to_str().unwrap(),
-        "--capacity",
-        "6",
-        "--startup",
-        "3m",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (trace, dir) = (fixture("golden_trace.csv"), out.path().to_owned());
+    let replay = |startup: &str| {
+        prescale(&[
+            "replay",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--capacity",
+            "6",
+            "--startup",
+            startup,
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let o = replay("3m");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csv = std::fs::read_to_string(out.path().join("decisions.csv")).unwrap();
     let mut lines = csv.lines();
@@ -282,6 +286,11 @@ fn replay_command_writes_decisions_summary_and_plot() {
         );
     }
     assert_eq!(summary["startup_seconds"], 180);
+
+    // A startup that is not whole seconds is refused, not truncated to 0.
+    let o = replay("500ms");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("whole number of seconds"));
 }
 
 #[test]

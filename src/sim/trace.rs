@@ -195,6 +195,10 @@ impl Trace {
 /// milliseconds, which would otherwise read as a cadence a thousand times too long.
 const MAX_UNIX_SECONDS: i64 = 100_000_000_000;
 
+/// Largest demand a row may carry: far above any real rate, far below where the sums of a
+/// long trace would overflow to infinity and the scores become NaN.
+const MAX_VALUE: f64 = 1e18;
+
 fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
     let t = match s.parse::<i64>() {
         Ok(t) => t,
@@ -220,6 +224,11 @@ fn parse_value(s: &str) -> Result<f64, String> {
     }
     if v.is_infinite() {
         return Err(format!("value `{s}` is infinite"));
+    }
+    if v > MAX_VALUE {
+        return Err(format!(
+            "value {v:e} is above {MAX_VALUE:e}: sums of such values overflow the scores"
+        ));
     }
     if v < 0.0 {
         return Err(format!("value {v} is negative (demand cannot be)"));
@@ -265,6 +274,7 @@ mod tests {
                 Some(":4:"),
             ),
             ("timestamp,value\n-60,1\n0,1\n", "row", Some(":2:")),
+            ("timestamp,value\n0,1\n60,1e300\n", "row", Some(":3:")),
         ];
         for (input, kind, loc) in cases {
             let err = parse(input).unwrap_err();
