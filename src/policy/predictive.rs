@@ -430,6 +430,7 @@ impl ScalingPolicy for PredictivePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Band;
 
     fn forecast(origin: Timestamp, point: f64, upper: f64) -> Forecast {
         Forecast {
@@ -520,6 +521,79 @@ mod tests {
                 "{u1} -> {d1:?}, {u2} -> {d2:?}"
             );
         }
+    }
+
+    /// A forecast carrying every band of [`BAND_LEVELS`], spread between `point` and a bit
+    /// above `upper`, as the engine's forecasts do.
+    fn banded(origin: Timestamp, point: f64, upper: f64) -> Forecast {
+        let mut f = forecast(origin, point, upper);
+        f.bands = BAND_LEVELS
+            .iter()
+            .map(|&level| Band {
+                level,
+                values: vec![point + (upper - point) * (level - 0.5) / 0.4; 5],
+            })
+            .collect();
+        f
+    }
+
+    #[test]
+    fn under_hpa_parity_desired_does_not_fall_when_the_forecast_rises() {
+        // The default headroom rule: the tuner's choice reads only the shadows' past scores,
+        // so from one remembered state a higher forecast never asks for fewer replicas.
+        let mut tuned_rungs = std::collections::BTreeSet::new();
+        let mut raised = 0;
+        // Forecasts well above, close to and below the demand they precede.
+        for (seed, low, spread) in [(3_u64, 1.0, 1.0), (5, 0.9, 0.2), (9, 0.5, 0.3)] {
+            let mut p = PredictivePolicy::new(PolicyConfig::new(10.0, 1, 200, 120, 60)).unwrap();
+            let mut s = seed;
+            let mut current = 5;
+            let rows = super::super::tuner::MIN_ROWS as i64 + 60;
+            for i in 0..rows {
+                let demand = 40.0 + 160.0 * lcg(&mut s).powi(3);
+                let f = banded(
+                    i * 60,
+                    demand * low * 0.9,
+                    demand * (low + spread * lcg(&mut s)),
+                );
+                current = p
+                    .recommend(&Observation {
+                        now: i * 60,
+                        ..obs(Some(&f), Some(demand), current)
+                    })
+                    .desired_replicas;
+            }
+            for _ in 0..500 {
+                let demand = lcg(&mut s) * 200.0;
+                let now_replicas = 1 + (lcg(&mut s) * 40.0) as u32;
+                let u1 = lcg(&mut s) * 300.0;
+                let u2 = u1 + lcg(&mut s) * 100.0;
+                let decide = |u: f64| {
+                    p.clone().recommend(&Observation {
+                        now: rows * 60,
+                        ..obs(
+                            Some(&banded(rows * 60, u * 0.8, u)),
+                            Some(demand),
+                            now_replicas,
+                        )
+                    })
+                };
+                let (d1, d2) = (decide(u1), decide(u2));
+                assert!(
+                    d2.desired_replicas >= d1.desired_replicas,
+                    "seed {seed}: {u1} -> {d1:?}, {u2} -> {d2:?}"
+                );
+                assert_ne!(d1.reason.term, Term::Reactive, "the tuner has chosen");
+                tuned_rungs.insert((
+                    d1.reason.quantile.to_bits(),
+                    d1.reason.headroom_scale.to_bits(),
+                ));
+                raised += usize::from(d2.desired_replicas > d1.desired_replicas);
+            }
+        }
+        // Not vacuous: the higher forecasts did ask for more, and the seeds tuned differently.
+        assert!(raised > 100, "{raised}");
+        assert!(tuned_rungs.len() > 1, "{tuned_rungs:?}");
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub struct Scores {
     pub cost_vs_oracle: Option<f64>,
     /// Rows scored.
     pub scored_rows: usize,
-    /// Times the replica count changed.
+    /// Times the desired replica count changed from one scored row to the next (the
+    /// warm-up rows, like every other score, are left out).
     pub scale_changes: usize,
 }
 
@@ -421,7 +422,7 @@ fn score(rows: &[Row], from: usize, cadence: u64, oracle_hours: f64) -> Scores {
         overloaded += usize::from(r.unserved > 0.0);
         hours += f64::from(r.total_replicas) * cadence as f64 / 3600.0;
     }
-    let changes = rows
+    let changes = scored
         .windows(2)
         .filter(|w| w[0].desired_replicas != w[1].desired_replicas)
         .count();
@@ -571,7 +572,32 @@ mod tests {
         assert!((s.unserved_fraction - 4.0 / 15.0).abs() < 1e-12);
         assert!((s.overloaded_time_fraction - 0.25).abs() < 1e-12);
         assert!((s.replica_hours - 16.0 * 300.0 / 3600.0).abs() < 1e-9);
-        assert_eq!(s.scored_rows, 4);
+        assert_eq!((s.scored_rows, s.scale_changes), (4, 1));
+    }
+
+    #[test]
+    fn a_sample_the_forecaster_refuses_holds_the_replicas() {
+        // `Trace`'s fields are public: one built in code can break the parser's rules. A row
+        // repeating the previous timestamp is refused by the engine and decides as missing
+        // data does, whatever its demand says.
+        let mut t = trace(&[20.0; 40]);
+        t.timestamps.push(t.timestamps[39]);
+        t.values.push(0.0);
+        let cfg = ReplayConfig {
+            policies: vec![PolicyName::Predictive],
+            ..config(180)
+        };
+        let r = replay(&t, &cfg).unwrap();
+        let rows = &r.rows[0].1;
+        let (before, refused) = (&rows[39], &rows[40]);
+        assert_ne!(before.term, Term::MissingData);
+        assert_eq!(refused.term, Term::MissingData);
+        assert!(refused.total_replicas >= 20, "{refused:?}");
+        assert_eq!(
+            refused.desired_replicas, refused.total_replicas,
+            "{refused:?}"
+        );
+        assert_eq!(refused.forecast_upper, None);
     }
 
     #[test]
