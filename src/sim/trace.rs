@@ -289,6 +289,67 @@ mod tests {
     }
 
     #[test]
+    fn damaged_traces_parse_valid_or_fail_naming_a_line_of_the_file() {
+        // Random byte edits of a good trace (digits, separators, signs, newlines, invalid
+        // UTF-8): never a panic; what parses keeps the invariants the replay relies on, and
+        // a row error points at a line that exists.
+        let good: String = std::iter::once("timestamp,value\n".to_string())
+            .chain((0..12).map(|i| format!("{},{}.5\n", i * 60, i % 5)))
+            .collect();
+        let alphabet = b"0123456789,.-+eE \n\r\tx\xff";
+        let mut seed = 17_u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut bytes = good.clone().into_bytes();
+            for _ in 0..1 + next(3) {
+                let at = next(bytes.len() + 1);
+                let b = alphabet[next(alphabet.len())];
+                match next(3) {
+                    0 => bytes.insert(at, b),
+                    1 if at < bytes.len() => drop(bytes.remove(at)),
+                    _ if at < bytes.len() => bytes[at] = b,
+                    _ => bytes.push(b),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            match Trace::parse(Path::new("t.csv"), &bytes) {
+                Ok(t) => {
+                    parsed += 1;
+                    assert!(t.len() >= 2 && t.timestamps.len() == t.len(), "{text:?}");
+                    assert!(t.timestamps.windows(2).all(|w| w[0] < w[1]), "{text:?}");
+                    assert!(
+                        t.values.iter().all(|v| (0.0..=MAX_VALUE).contains(v)),
+                        "{text:?}"
+                    );
+                }
+                Err(TraceError::Row { line, .. }) => {
+                    refused += 1;
+                    let lines = bytes.split(|&b| b == b'\n').count() as u64;
+                    assert!(
+                        (1..=lines).contains(&line),
+                        "line {line} of {lines}: {text:?}"
+                    );
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.to_string().starts_with("t.csv"), "{e}");
+                }
+            }
+        }
+        // Both outcomes are exercised.
+        assert!(
+            parsed > 1000 && refused > 1000,
+            "{parsed} parsed, {refused} refused"
+        );
+    }
+
+    #[test]
     fn missing_file_is_an_io_error_naming_it() {
         let err = Trace::read(Path::new("/nonexistent/trace.csv")).unwrap_err();
         assert_eq!(err.kind(), "io");
