@@ -57,7 +57,7 @@ pub struct HpaPolicy {
     /// (recommendation, time) pairs: the stabilisation memory.
     recommendations: Vec<(u32, Timestamp)>,
     seeded: bool,
-    /// Length of the decision period the HPA is simulated over (syncs per decision).
+    /// Length of a decision period: a decision runs the 15 s clock's syncs within it.
     period: u64,
 }
 
@@ -157,9 +157,17 @@ impl ScalingPolicy for HpaPolicy {
         // The controller syncs on its own clock, every `sync_period` seconds: the syncs of this
         // decision period are those at multiples of it in [now, now + period). A period shorter
         // than a sync (10 s rows) then has a sync in two rows of three, not one in every row.
+        // A row that comes sooner than a period after the last (jitter, a wall clock) starts
+        // after the last sync the memory holds: no sync runs twice, which would double twice.
+        // A last sync beyond this period is a clock that went back; it is not waited for.
         let every = self.cfg.sync_period.max(1) as i64;
-        let end = obs.now + self.period as i64;
+        let end = obs.now.saturating_add(self.period as i64);
         let mut at = obs.now + (-obs.now).rem_euclid(every);
+        if let Some(&(_, last)) = self.recommendations.last()
+            && last < end
+        {
+            at = at.max(last - last.rem_euclid(every) + every);
+        }
         while at < end {
             replicas = match obs.demand {
                 Some(d) => self.sync(at, replicas, obs.ready_replicas, d),
@@ -326,6 +334,27 @@ mod tests {
             seen.push(current);
         }
         assert_eq!(seen, [4, 8, 8, 16]);
+        // A row 45 s after the last (a 60 s period): the sync at 45 already ran, so this row
+        // runs those at 60, 75 and 90, doubling three times, not four.
+        let mut h = HpaPolicy::new(HpaConfig::new(10.0, 1, 1000), 60);
+        let far = Observation {
+            demand: Some(30_000.0),
+            ..obs
+        };
+        assert_eq!(h.recommend(&far).desired_replicas, 32);
+        let early = Observation {
+            now: 45,
+            current_replicas: 32,
+            ..far
+        };
+        assert_eq!(h.recommend(&early).desired_replicas, 256);
+        // A clock gone back past the period is not waited for: the row runs its own syncs.
+        let back = Observation {
+            now: -600,
+            current_replicas: 32,
+            ..far
+        };
+        assert_eq!(h.clone().recommend(&back).desired_replicas, 512);
     }
 
     #[test]
