@@ -334,6 +334,9 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Before anything slow (restore, the store, binds): a SIGHUP while starting must not
+        // kill the service either, and a SIGTERM then is kept for when it serves.
+        let signals = Signals::register();
         let (cfg, source, timeline, step, tick): (Config, Arc<dyn MetricSource>, Timeline, u64, Duration) =
             match cfg {
                 Some(cfg) => {
@@ -434,7 +437,7 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
         }
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.wait().await;
             signal.cancel();
         });
         let listener = tokio::net::TcpListener::bind(listen)
@@ -484,29 +487,74 @@ fn serve(args: &ServeArgs, cfg: Option<Config>) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP, which many daemons take as "reload", is logged and
-/// ignored: its default action would kill the service without its shutdown snapshot.
-async fn wait_for_signal() {
+/// The signals `serve` answers, each registered on its own so that one that cannot be
+/// registered leaves the others working.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) {
-            loop {
-                tokio::select! {
-                    _ = term.recv() => return,
-                    _ = int.recv() => return,
-                    _ = hup.recv() => tracing::warn!(
-                        "SIGHUP ignored: there is no live config reload; restart to apply a new config"
-                    ),
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let register = |kind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot handle this signal");
+                    None
+                }
+            };
+            Self {
+                term: register(SignalKind::terminate(), "SIGTERM"),
+                int: register(SignalKind::interrupt(), "SIGINT"),
+                hup: register(SignalKind::hangup(), "SIGHUP"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for SIGTERM or SIGINT. SIGHUP, which many daemons take as "reload", is logged
+    /// and ignored: its default action would kill the service without its shutdown snapshot.
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            /// Resolves on the next delivery of `s`; never when it is not registered.
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                if let Some(s) = s
+                    && s.recv().await.is_some()
+                {
+                    return;
+                }
+                std::future::pending::<()>().await;
+            }
+            let Self {
+                mut term,
+                mut int,
+                mut hup,
+            } = self;
+            if term.is_some() || int.is_some() {
+                loop {
+                    tokio::select! {
+                        () = next(&mut term) => return,
+                        () = next(&mut int) => return,
+                        () = next(&mut hup) => tracing::warn!(
+                            "SIGHUP ignored: there is no live config reload; restart to apply a new config"
+                        ),
+                    }
                 }
             }
         }
+        #[cfg(not(unix))]
+        let _ = self;
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn bench_keda(
