@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::forecast::ModelPreset;
+use crate::policy::MAX_DURATION_SECONDS;
 
 /// Environment variables that override config fields at start, and the field each sets.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -104,7 +105,7 @@ pub struct BasicAuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct LoopConfig {
     /// Time between two forecast-and-decide passes over all workloads; also each workload's
-    /// sampling step (range queries use it as `step`).
+    /// sampling step (range queries use it as `step`). 1s to 1d.
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// History backfilled at start and kept per workload.
@@ -373,7 +374,7 @@ pub struct WorkloadConfig {
     pub min_replicas: u32,
     /// Highest replica count ever asked for.
     pub max_replicas: u32,
-    /// Time from asking for a pod to it serving: the forecast lead.
+    /// Time from asking for a pod to it serving: the forecast lead. At most 1 day.
     #[serde(default = "default_startup", with = "humantime_serde")]
     pub startup: Duration,
     /// `observe`, `recommend` or `auto`.
@@ -731,8 +732,10 @@ impl Config {
         if p.retries > 10 {
             return Err(invalid("prometheus.retries", "must be at most 10"));
         }
-        if self.loop_.interval < Duration::from_secs(1) {
-            return Err(invalid("loop.interval", "must be at least 1s"));
+        if self.loop_.interval < Duration::from_secs(1)
+            || self.loop_.interval > Duration::from_secs(MAX_DURATION_SECONDS)
+        {
+            return Err(invalid("loop.interval", "must be in 1s..=1d"));
         }
         if self.loop_.history < 4 * self.loop_.interval {
             return Err(invalid(
@@ -891,6 +894,9 @@ impl Config {
             if w.min_replicas > w.max_replicas {
                 return Err(invalid(f("min_replicas"), "must not exceed max_replicas"));
             }
+            if w.startup > Duration::from_secs(MAX_DURATION_SECONDS) {
+                return Err(invalid(f("startup"), "must be at most 1d"));
+            }
             if let Some(q) = w.quantile
                 && !(q > 0.5 && q < 0.999)
             {
@@ -1024,6 +1030,14 @@ workloads:
             (
                 format!("{GOOD}loop:\n  warmup_budget: 2d\n"),
                 "loop.warmup_budget",
+            ),
+            (
+                format!("{GOOD}loop:\n  interval: 2d\n  history: 30d\n"),
+                "loop.interval",
+            ),
+            (
+                GOOD.replace("max_replicas: 20", "max_replicas: 20\n    startup: 2d"),
+                "workloads[0].startup",
             ),
             (
                 format!("{GOOD}store:\n  retention: 2h\n"),

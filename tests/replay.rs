@@ -291,6 +291,14 @@ fn replay_command_writes_decisions_summary_and_plot() {
     let o = replay("500ms");
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("whole number of seconds"));
+    // One longer than a day is refused by the policy's bounds, naming the setting.
+    let o = replay("2d");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("startup_seconds") && err.contains("at most 1 day"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -331,7 +339,8 @@ fn a_suite_replays_each_trace_as_a_single_replay_would() {
     std::fs::write(dir.path().join("a.csv"), &golden).unwrap();
     std::fs::write(dir.path().join("b.csv"), &golden).unwrap();
     let suite = dir.path().join("suite.json");
-    let entries = [("a.csv", 6.0, 180, 288), ("b.csv", 3.5, 120, 400)];
+    // Neither entry uses the suite's defaults (180 s startup, scoring from rows / 5 = 288).
+    let entries = [("a.csv", 6.0, 240, 300), ("b.csv", 3.5, 120, 400)];
     let traces: Vec<serde_json::Value> = entries
         .iter()
         .map(|(t, c, s, f)| {
@@ -377,6 +386,16 @@ fn a_suite_replays_each_trace_as_a_single_replay_would() {
         for p in ["predictive", "hpa", "foresight"] {
             assert_eq!(row[p], summary["policies"][p], "{name} {p}");
         }
+        // The win, worked out from the replay alone: less unserved (or both none) and fewer
+        // replica-hours than the HPA.
+        let score = |p: &str, k: &str| summary["policies"][p][k].as_f64().unwrap();
+        let (up, uh) = (
+            score("predictive", "unserved_fraction"),
+            score("hpa", "unserved_fraction"),
+        );
+        let wins = (up < uh || (up == 0.0 && uh == 0.0))
+            && score("predictive", "replica_hours") < score("hpa", "replica_hours");
+        assert_eq!(row["predictive_wins"], wins, "{name}");
         assert_eq!(
             row["rows"].as_u64().unwrap(),
             1440,

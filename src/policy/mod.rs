@@ -11,7 +11,8 @@ mod tuner;
 pub use hpa::{HpaConfig, HpaPolicy};
 pub use pods::{Pods, unserved};
 pub use predictive::{
-    Headroom, PolicyConfig, PolicyConfigError, PolicyState, PolicyStateMismatch, PredictivePolicy,
+    Headroom, MAX_DURATION_SECONDS, PolicyConfig, PolicyConfigError, PolicyState,
+    PolicyStateMismatch, PredictivePolicy,
 };
 
 use crate::domain::{Decision, Forecast, Timestamp};

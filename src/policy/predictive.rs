@@ -60,6 +60,9 @@ pub struct PolicyConfig {
     pub hpa_target_utilization: f64,
 }
 
+/// Longest startup, decision period or stabilisation window a policy accepts: 1 day.
+pub const MAX_DURATION_SECONDS: u64 = 86_400;
+
 /// A policy setting that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PolicyConfigError {
@@ -149,6 +152,23 @@ impl PolicyConfig {
         }
         if self.period_seconds == 0 {
             return bad("period_seconds", "must be positive");
+        }
+        // Bounds far past any real workload keep the timestamp arithmetic of the lead window,
+        // the pods' ready times and the tuner's window (rows it holds) in range.
+        for (field, secs) in [
+            ("startup_seconds", self.startup_seconds),
+            ("period_seconds", self.period_seconds),
+            (
+                "scale_down_stabilization_seconds",
+                self.scale_down_stabilization_seconds,
+            ),
+        ] {
+            if secs > MAX_DURATION_SECONDS {
+                return bad(field, "must be at most 1 day (86400 s)");
+            }
+        }
+        if self.tuning_window_seconds > 90 * 86_400 {
+            return bad("tuning_window_seconds", "must be at most 90 days");
         }
         if self.max_step_up == Some(0) || self.max_step_down == Some(0) {
             return bad(
@@ -583,7 +603,9 @@ mod tests {
                     d2.desired_replicas >= d1.desired_replicas,
                     "seed {seed}: {u1} -> {d1:?}, {u2} -> {d2:?}"
                 );
-                assert_ne!(d1.reason.term, Term::Reactive, "the tuner has chosen");
+                // The tuner has chosen: the decision read a forecast band.
+                assert!(d1.reason.forecast_peak_at.is_some(), "{d1:?}");
+                assert!(d1.reason.quantile > 0.0, "{d1:?}");
                 tuned_rungs.insert((
                     d1.reason.quantile.to_bits(),
                     d1.reason.headroom_scale.to_bits(),
@@ -593,7 +615,7 @@ mod tests {
         }
         // Not vacuous: the higher forecasts did ask for more, and the seeds tuned differently.
         assert!(raised > 100, "{raised}");
-        assert!(tuned_rungs.len() > 1, "{tuned_rungs:?}");
+        assert!(tuned_rungs.len() >= 3, "{tuned_rungs:?}");
     }
 
     #[test]
@@ -770,6 +792,37 @@ mod tests {
                 .contains("min_replicas")
         );
         cfg.min_replicas = 1;
+        for (field, too_long) in [
+            (
+                "startup_seconds",
+                PolicyConfig {
+                    startup_seconds: u64::MAX,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "period_seconds",
+                PolicyConfig {
+                    period_seconds: 86_401,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "tuning_window_seconds",
+                PolicyConfig {
+                    tuning_window_seconds: 91 * 86_400,
+                    ..cfg.clone()
+                },
+            ),
+        ] {
+            let err = PredictivePolicy::new(too_long).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{err}");
+        }
+        let day = PolicyConfig {
+            startup_seconds: 86_400,
+            ..cfg.clone()
+        };
+        assert!(PredictivePolicy::new(day).is_ok());
         cfg.capacity = 0.0;
         assert!(
             PredictivePolicy::new(cfg)

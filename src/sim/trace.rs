@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use crate::domain::Timestamp;
 
-/// A validated trace: strictly increasing timestamps, finite non-negative demand.
+/// A validated trace: strictly increasing unix-second timestamps in `0..1e11`, demand
+/// finite and in `0..=1e18`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     /// Where it was read from (for messages and reports).
@@ -79,8 +80,9 @@ impl Trace {
     ///
     /// # Errors
     /// A [`TraceError`] naming the file (and line) for: unreadable or empty files, a wrong header,
-    /// a wrong number of fields, non-numeric, NaN, infinite or negative values, and timestamps
-    /// that are duplicated or go backwards.
+    /// a wrong number of fields, non-numeric, NaN, infinite or negative values or values above
+    /// 1e18, timestamps that are not whole unix seconds in `0..1e11` (milliseconds), and
+    /// timestamps that are duplicated or go backwards.
     pub fn read(path: &Path) -> Result<Trace, TraceError> {
         let bytes = std::fs::read(path).map_err(|source| TraceError::Io {
             path: path.to_path_buf(),
@@ -210,7 +212,7 @@ fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
     };
     if !(0..MAX_UNIX_SECONDS).contains(&t) {
         return Err(format!(
-            "timestamp {t} is not unix seconds in 0..{MAX_UNIX_SECONDS} (milliseconds?)"
+            "timestamp `{s}` is not unix seconds in 0..{MAX_UNIX_SECONDS} (milliseconds?)"
         ));
     }
     Ok(t)
@@ -324,13 +326,21 @@ mod tests {
                     assert!(t.len() >= 2 && t.timestamps.len() == t.len(), "{text:?}");
                     assert!(t.timestamps.windows(2).all(|w| w[0] < w[1]), "{text:?}");
                     assert!(
+                        t.timestamps
+                            .iter()
+                            .all(|t| (0..MAX_UNIX_SECONDS).contains(t)),
+                        "{text:?}"
+                    );
+                    assert!(
                         t.values.iter().all(|v| (0.0..=MAX_VALUE).contains(v)),
                         "{text:?}"
                     );
                 }
                 Err(TraceError::Row { line, .. }) => {
                     refused += 1;
-                    let lines = bytes.split(|&b| b == b'\n').count() as u64;
+                    // Lines of the file: a final newline ends the last line, it opens none.
+                    let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
+                    let lines = (newlines + usize::from(!bytes.ends_with(b"\n"))) as u64;
                     assert!(
                         (1..=lines).contains(&line),
                         "line {line} of {lines}: {text:?}"
