@@ -241,6 +241,9 @@ struct Runtime {
     /// Decides, as the HPA would, while the warm-up waits (the predictive policy's tuner
     /// must see the replayed tail before any live step).
     interim: Option<HpaPolicy>,
+    /// Loop time of the last failed fetch: an approved scale-down held meanwhile has its
+    /// grace again from here.
+    degraded_at: Option<Timestamp>,
 }
 
 /// The last `n` observed values of a workload and the time of the first.
@@ -339,6 +342,9 @@ pub struct Service {
     failing_loops: std::sync::atomic::AtomicU32,
     /// Loop time of the last prune of the review store.
     last_prune: std::sync::atomic::AtomicI64,
+    /// Loop time of the first look at the approved recommendations: their grace runs from
+    /// here at the earliest.
+    started: std::sync::OnceLock<Timestamp>,
 }
 
 /// Share of failing workloads above which a loop counts as unhealthy.
@@ -360,8 +366,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// prune of a long history is spread over loops instead of holding the write lock for long.
 const PRUNE_BATCH: u32 = 10_000;
 
-/// Loops after its approval within which an approved recommendation must be applied (once
-/// past its `valid_until`); later it fails as expired.
+/// Loops after its approval (or after the service started, for one approved before) within
+/// which an approved recommendation must be applied once past its `valid_until`; later it
+/// fails as expired. A scale-down held while its workload's metrics fail does not expire.
 const APPLY_GRACE_STEPS: i64 = 3;
 
 /// Least time between two writes of the model state while running (it is written after
@@ -561,6 +568,7 @@ impl Service {
                 refits_counted: 0,
                 backlog: Vec::new(),
                 interim: None,
+                degraded_at: None,
                 cfg: w.clone(),
             })));
         }
@@ -596,6 +604,7 @@ impl Service {
             actuator,
             failing_loops: std::sync::atomic::AtomicU32::new(0),
             last_prune: std::sync::atomic::AtomicI64::new(i64::MIN),
+            started: std::sync::OnceLock::new(),
         })
     }
 
@@ -680,6 +689,7 @@ impl Service {
             }
             // Restored before the first loop, so onto the engine as built; a refused state
             // leaves it unchanged (cold).
+            let saved_at = state.last_sample();
             match rt.engine.restore(state) {
                 Ok(()) => {
                     rt.last_sample = rt.engine.last_sample();
@@ -689,6 +699,10 @@ impl Service {
                     // until its headroom tuner has scored enough decisions again.
                     if let Err(e) = rt.policy.restore(policy) {
                         tracing::warn!(workload = %key, error = %e, "Policy starts fresh");
+                    } else if saved_at.is_some_and(|t| now - t > self.step as i64) {
+                        // Saved more than a loop ago (every 900 s while running, so a kill -9
+                        // loses up to that much of the window).
+                        rt.policy.resume_after_gap();
                     }
                 }
                 Err(e) => tracing::warn!(workload = %key, error = %e, "Starting cold"),
@@ -977,10 +991,27 @@ impl Service {
         };
         use std::sync::atomic::Ordering;
         let grace = APPLY_GRACE_STEPS * self.step as i64;
+        // Time this process was not running does not count against an approval: one approved
+        // before a crash (or a long stop) has its grace again from the first loop after it.
+        let started = *self.started.get_or_init(|| now);
         for rec in approved {
             let key = format!("{}/{}", rec.namespace, rec.workload);
+            let rt = self.runtime(&key);
+            // While the workload's own metrics fail, nothing of it goes down: a scale-down is
+            // held, still approved, and does not expire while it waits (its grace runs
+            // again from the last failed fetch).
+            let (degraded_down, degraded_at) =
+                rt.and_then(|rt| rt.lock().ok()).map_or((false, None), |r| {
+                    let down = r.view.state == WorkloadState::Degraded
+                        && r.current.is_none_or(|c| rec.to_replicas < c);
+                    (down, r.degraded_at)
+                });
+            if degraded_down {
+                continue;
+            }
             let decided = rec.decided_at.unwrap_or(rec.created_at);
-            if now > rec.valid_until.max(decided + grace) {
+            let since = decided.max(started).max(degraded_at.unwrap_or(decided));
+            if now > rec.valid_until.max(since + grace) {
                 // Held too long (paused, not the leader, unsafe, a config without it): the
                 // forecast it was approved on is old now. The wish may be proposed again
                 // (`Store::lapsed`).
@@ -995,7 +1026,7 @@ impl Service {
             }
             // Not in this replica's config: perhaps in another's, while a new config rolls
             // out. Left approved for them; it expires above if nobody has it.
-            let Some(rt) = self.runtime(&key) else {
+            let Some(rt) = rt else {
                 continue;
             };
             let controls = self.shared.controls_of(&key);
@@ -1356,6 +1387,7 @@ impl Runtime {
                 count(metrics, "collector", e.kind());
                 tracing::warn!(workload = %self.cfg.key(), error = %e, "Fetch failed; holding replicas");
                 self.view.state = WorkloadState::Degraded;
+                self.degraded_at = Some(now);
                 self.view.reason = Some(e.kind().to_string());
                 self.view.last_error = Some(e.to_string());
                 None

@@ -88,17 +88,24 @@ fn decision(svc: &Service) -> (Option<u32>, Option<String>) {
     (v.desired_replicas, v.term)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_goes_on_from_the_saved_state() {
-    let data = tempfile::tempdir().unwrap();
+/// A service cold-started on `data` a week into the trace, run for twelve loops and saved:
+/// (the service, its start, the next loop's time).
+async fn saved_after_an_hour(data: &std::path::Path) -> (Service, i64, i64) {
     let t0 = trace().timestamps[0] + 7 * 86_400;
-    let (a, _) = service(data.path(), t0);
+    let (a, _) = service(data, t0);
     let mut t = t0;
     for _ in 0..12 {
         a.run_once(t).await;
         t += STEP;
     }
     a.save().await;
+    (a, t0, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_goes_on_from_the_saved_state() {
+    let data = tempfile::tempdir().unwrap();
+    let (a, t0, mut t) = saved_after_an_hour(data.path()).await;
     assert!(data.path().join("models.bin").exists());
 
     // The second process starts where the first stopped.
@@ -130,6 +137,36 @@ async fn a_restart_goes_on_from_the_saved_state() {
     // Nothing was backfilled: the first fetch starts right after the last sample saved.
     let first = asked.asked.lock().unwrap()[0];
     assert_eq!(first.start, t0 + 11 * STEP + STEP, "{first:?}");
+}
+
+/// Killed (-9) an hour after its model state was last written (every 15 min), the service
+/// comes back with the replicas of its views snapshot (every 30 s) and a stabilisation
+/// window whose decisions are lost: the replicas in place stand for them, so they are not
+/// dropped at the first low forecast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_an_older_model_state_holds_the_replicas_it_last_had() {
+    let data = tempfile::tempdir().unwrap();
+    let (a, _, t) = saved_after_an_hour(data.path()).await;
+    let settled = decision(&a).0.unwrap();
+    // Scaled up in the hour after the save, as the views snapshot says.
+    let high = settled + 15;
+    assert!(high <= 60, "{settled}");
+    let snapshot = data.path().join("snapshot.json");
+    let mut views: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&snapshot).unwrap()).unwrap();
+    views["shop/web"]["current_replicas"] = high.into();
+    std::fs::write(&snapshot, views.to_string()).unwrap();
+    let t = t + 12 * STEP;
+    let (b, _) = service(data.path(), t);
+    assert_eq!(b.restore().unwrap().models, 1);
+    b.run_once(t).await;
+    assert_eq!(
+        decision(&b),
+        (Some(high), Some("stabilization".to_string()))
+    );
+    // A window later, the forecast decides again.
+    b.run_once(t + STEP).await;
+    assert!(decision(&b).0.unwrap() < high, "{:?}", decision(&b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

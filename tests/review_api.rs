@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use prescale::api::auth::{Role, Tokens};
 use prescale::api::{ApiSettings, router_with};
 use prescale::app::{Service, Timeline};
-use prescale::collector::TraceSource;
+use prescale::collector::{CollectError, MetricSource, Sample, TimeWindow, TraceSource};
 use prescale::config::Config;
 use prescale::store::{RecState, Recommendation, Store};
 
@@ -120,6 +120,7 @@ const STEP: i64 = 300;
 struct Setup {
     service: Service,
     client: Client,
+    source: Arc<Switchable>,
     t: i64,
     _dir: tempfile::TempDir,
 }
@@ -143,6 +144,73 @@ async fn setup(store_url: Option<&str>, socket: bool) -> Setup {
     .await
 }
 
+/// The bundled trace, whose `shop/web` fetches fail while `failing` is set (fault
+/// injection: the workload's own metrics are down, the others' are not).
+struct Switchable {
+    inner: TraceSource,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl MetricSource for Switchable {
+    async fn fetch(&self, q: &str, w: TimeWindow) -> Result<Vec<Sample>, CollectError> {
+        if q == "demo:0" && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CollectError::Empty);
+        }
+        self.inner.fetch(q, w).await
+    }
+}
+
+/// The service of `setup` on `dir`, its clock at `t0`, with its store attached.
+async fn service_on(
+    dir: &std::path::Path,
+    store_url: Option<&str>,
+    source: Arc<Switchable>,
+    t0: i64,
+    tick: Duration,
+) -> Service {
+    let trace = common::nasa_fixture();
+    let cap = trace.value_quantile(0.99) / 20.0;
+    let yaml = format!(
+        "{}\
+         - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n\
+         - {{namespace: shop, name: api, demand_query: 'demo:500', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n",
+        common::test_config_head(dir)
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let service = Service::new(
+        cfg,
+        source,
+        Timeline::Virtual {
+            now: std::sync::atomic::AtomicI64::new(t0),
+            per_tick: STEP,
+        },
+        STEP as u64,
+        tick,
+    )
+    .unwrap();
+    let url = store_url.map_or_else(|| Store::sqlite_url(dir), str::to_string);
+    service
+        .attach_store(Store::open(&url).await.unwrap())
+        .await
+        .unwrap();
+    service
+}
+
+fn settings(limits: ApiSettings) -> ApiSettings {
+    let tokens = Tokens::from_list(vec![
+        (VIEWER.into(), "vera".into(), Role::Viewer),
+        (APPROVER.into(), "alice".into(), Role::Approver),
+        (ADMIN.into(), "root".into(), Role::Admin),
+    ]);
+    ApiSettings {
+        tokens,
+        max_body_bytes: 4096,
+        max_page_size: 100,
+        ..limits
+    }
+}
+
 /// As [`setup`], with the loop's tick when it is run by `Service::run`.
 async fn setup_with(
     store_url: Option<&str>,
@@ -152,43 +220,13 @@ async fn setup_with(
 ) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let trace = common::nasa_fixture();
-    let cap = trace.value_quantile(0.99) / 20.0;
-    let yaml = format!(
-        "{}\
-         - {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n\
-         - {{namespace: shop, name: api, demand_query: 'demo:500', capacity_per_replica: {cap}, max_replicas: 60, startup: 3m, mode: recommend, recommendation_ttl: 7d}}\n",
-        common::test_config_head(dir.path())
-    );
-    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(Switchable {
+        inner: TraceSource::new(&trace),
+        failing: false.into(),
+    });
     let t0 = trace.timestamps[0] + 7 * 86_400;
-    let service = Service::new(
-        cfg,
-        Arc::new(TraceSource::new(&trace)),
-        Timeline::Virtual {
-            now: std::sync::atomic::AtomicI64::new(t0),
-            per_tick: STEP,
-        },
-        STEP as u64,
-        tick,
-    )
-    .unwrap();
-    let url = store_url.map_or_else(|| Store::sqlite_url(dir.path()), str::to_string);
-    service
-        .attach_store(Store::open(&url).await.unwrap())
-        .await
-        .unwrap();
-    let tokens = Tokens::from_list(vec![
-        (VIEWER.into(), "vera".into(), Role::Viewer),
-        (APPROVER.into(), "alice".into(), Role::Approver),
-        (ADMIN.into(), "root".into(), Role::Admin),
-    ]);
-    let settings = ApiSettings {
-        tokens,
-        max_body_bytes: 4096,
-        max_page_size: 100,
-        ..limits
-    };
-    let router = router_with(service.shared(), settings);
+    let service = service_on(dir.path(), store_url, source.clone(), t0, tick).await;
+    let router = router_with(service.shared(), settings(limits));
     let client = if socket {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -202,11 +240,44 @@ async fn setup_with(
     let mut s = Setup {
         service,
         client,
+        source,
         t: t0,
         _dir: dir,
     };
     s.tick(3).await;
     s
+}
+
+/// The process of `s` stopped, and started again at `at` on the same data directory and
+/// SQLite store (through the router).
+async fn restarted(s: Setup, at: i64) -> Setup {
+    let Setup {
+        service,
+        source,
+        _dir,
+        ..
+    } = s;
+    drop(service);
+    let service = service_on(
+        _dir.path(),
+        None,
+        source.clone(),
+        at,
+        Duration::from_secs(1),
+    )
+    .await;
+    service.restore().unwrap();
+    let client = Client::Router(router_with(
+        service.shared(),
+        settings(ApiSettings::default()),
+    ));
+    Setup {
+        service,
+        client,
+        source,
+        t: at,
+        _dir,
+    }
 }
 
 /// Pins `shop/web` to `replicas` until `until` as the admin; the answer must be 200.
@@ -899,6 +970,104 @@ async fn an_approval_for_an_unknown_workload_waits_then_expires() {
     let got = store.get(&ghost.id).await.unwrap();
     assert_eq!(got.state, RecState::Failed, "{got:?}");
     assert!(got.outcome.as_deref().unwrap().starts_with("expired"));
+}
+
+/// Approves the workload's pending recommendation through the API and runs a loop, so the
+/// replicas KEDA is served are known; returns them.
+async fn applied_one(s: &mut Setup, workload: &str) -> u32 {
+    let id = pending(&s.client, workload).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    approve(&s.client, &id).await;
+    s.tick(1).await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    assert_eq!(store.get(&id).await.unwrap().state, RecState::Applied);
+    current(s, workload)
+}
+
+/// An approval the process could not apply before it stopped is applied after the restart,
+/// however long the stop: time the service was not running does not count against it.
+/// Held after the restart for longer than its grace (paused here), it expires as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_outlives_a_stop_longer_than_its_grace() {
+    let mut s = setup(None, false).await;
+    let (base, api) = (
+        applied_one(&mut s, "web").await,
+        applied_one(&mut s, "api").await,
+    );
+    let pause = s
+        .client
+        .post("/api/v1/workloads/shop/api/pause", Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(pause.status, 200, "{}", pause.text);
+    let t = s.t;
+    s.service.save().await;
+    // Approved just before the stop (valid 30 min, grace 15 min); back two days later.
+    let rec = approved(base, base + 3, t, t);
+    let store = s.service.shared().store.get().unwrap().clone();
+    store.create(&rec, "test").await.unwrap();
+    let paused = Recommendation {
+        workload: "api".into(),
+        ..approved(api, api + 2, t, t)
+    };
+    store.create(&paused, "test").await.unwrap();
+    let mut s = restarted(s, t + 2 * 86_400).await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    s.tick(1).await;
+    let got = store.get(&rec.id).await.unwrap();
+    assert_eq!(got.state, RecState::Applied, "{got:?}");
+    assert_eq!(current(&s, "web"), base + 3);
+    // Paused: held within the grace counted from the restart, then expired.
+    s.tick(3).await;
+    let got = store.get(&paused.id).await.unwrap();
+    assert_eq!(got.state, RecState::Approved, "{got:?}");
+    s.tick(1).await;
+    let got = store.get(&paused.id).await.unwrap();
+    assert_eq!(got.state, RecState::Failed, "{got:?}");
+    assert!(got.outcome.as_deref().unwrap().starts_with("expired"));
+}
+
+/// While a workload's own metrics fail, an approved scale-down of it waits (still approved,
+/// not expiring) and a scale-up is applied; once they are back it is applied, its grace
+/// counted from the last failed fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_scale_down_waits_while_the_workload_metrics_fail() {
+    let mut s = setup(None, false).await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    let base = applied_one(&mut s, "web").await;
+    assert!(base >= 2, "{base}");
+    s.source
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = s.t;
+    let down = approved(base, base - 1, t, t);
+    let got = after_a_loop(&mut s, down.clone()).await;
+    assert_eq!(got.state, RecState::Approved, "{got:?}");
+    let view = s.service.shared().views.read().unwrap()["shop/web"].clone();
+    assert_eq!(view.state, prescale::app::WorkloadState::Degraded);
+    assert_eq!(current(&s, "web"), base);
+    // An hour later (past valid_until and the grace), still held, still approved.
+    s.tick(12).await;
+    assert_eq!(store.get(&down.id).await.unwrap().state, RecState::Approved);
+    assert_eq!(current(&s, "web"), base);
+    // Metrics back: applied at the next loop.
+    s.source
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    s.tick(1).await;
+    let got = store.get(&down.id).await.unwrap();
+    assert_eq!(got.state, RecState::Applied, "{got:?}");
+    assert_eq!(current(&s, "web"), base - 1);
+    // A scale-up is not held by failing metrics.
+    s.source
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = s.t;
+    let up = approved(base - 1, base + 4, t, t);
+    let got = after_a_loop(&mut s, up).await;
+    assert_eq!(got.state, RecState::Applied, "{got:?}");
+    assert_eq!(current(&s, "web"), base + 4);
 }
 
 /// A proposal that expired does not silence the wish: the next loop proposes it again. A

@@ -215,6 +215,11 @@ pub struct PredictivePolicy {
     fixed: Option<Rung>,
     /// The `hpa_parity` tuner (boxed: it holds shadow policies of this type).
     tuner: Option<Box<Tuner>>,
+    /// The next decision is the first of a policy made fresh, or of one restored from a
+    /// state older than the decisions made since (a kill -9 after the last save, a long
+    /// stop): what the window held just before is not known, so the replicas in place stand
+    /// for it, as the HPA's window starts.
+    first: bool,
 }
 
 impl PredictivePolicy {
@@ -230,6 +235,7 @@ impl PredictivePolicy {
             recent: VecDeque::new(),
             fixed: None,
             tuner,
+            first: true,
         })
     }
 
@@ -240,6 +246,8 @@ impl PredictivePolicy {
             recent: VecDeque::new(),
             fixed: Some(rung),
             tuner: None,
+            // A shadow replays its own replicas from the trace; nothing of it was lost.
+            first: false,
         }
     }
 
@@ -285,7 +293,16 @@ impl PredictivePolicy {
         }
         self.recent = s.recent.into();
         self.tuner = tuner;
+        // Exactly where it stopped, unless told of a gap (`resume_after_gap`).
+        self.first = false;
         Ok(())
+    }
+
+    /// Says that decisions were made (or held) since the restored state was saved: the next
+    /// decision's stabilisation window starts with the replicas then in place, so that a
+    /// scale-down the lost window would have held is held.
+    pub fn resume_after_gap(&mut self) {
+        self.first = self.fixed.is_none();
     }
 
     /// Lets the headroom tuner's shadow replays score a past step (the tail of a backfill,
@@ -357,11 +374,23 @@ impl ScalingPolicy for PredictivePolicy {
             lead_seconds: cfg.lead_seconds(),
             raw_replicas: current,
         };
+        let cutoff = obs.now - cfg.scale_down_stabilization_seconds as i64;
+        while self.recent.front().is_some_and(|&(t, _)| t <= cutoff) {
+            self.recent.pop_front();
+        }
+        if std::mem::take(&mut self.first) {
+            self.recent.push_back((obs.now, current));
+        }
         let Some(demand) = obs.demand.filter(|d| d.is_finite() && *d >= 0.0) else {
-            // Missing data never lowers replicas; it may still lift them to the minimum.
-            let desired = current.clamp(cfg.min_replicas, cfg.max_replicas.max(current));
+            // Missing data never lowers replicas; it may still lift them to the minimum. The
+            // replicas held stay in the window: the first sample after an outage longer
+            // than the window must not drop them at once.
+            let desired = current
+                .clamp(cfg.min_replicas, cfg.max_replicas.max(current))
+                .max(current);
+            self.recent.push_back((obs.now, desired));
             return Decision {
-                desired_replicas: desired.max(current),
+                desired_replicas: desired,
                 reason,
             };
         };
@@ -404,10 +433,6 @@ impl ScalingPolicy for PredictivePolicy {
         reason.raw_replicas = raw;
 
         // Stabilise scale-down on the highest raw recommendation of the window.
-        let cutoff = obs.now - cfg.scale_down_stabilization_seconds as i64;
-        while self.recent.front().is_some_and(|&(t, _)| t <= cutoff) {
-            self.recent.pop_front();
-        }
         let stabilized = self.recent.iter().map(|&(_, r)| r).fold(raw, u32::max);
         self.recent.push_back((obs.now, raw));
 
@@ -780,6 +805,80 @@ mod tests {
             ..obs(Some(&low), Some(10.0), 20)
         });
         assert_eq!(d.desired_replicas, 2, "window passed");
+    }
+
+    /// A policy whose 300 s window is set, warmed at 20 replicas on high demand.
+    fn windowed_at_20() -> PredictivePolicy {
+        let mut cfg = PolicyConfig::new(10.0, 1, 30, 120, 60);
+        cfg.scale_down_stabilization_seconds = 300;
+        cfg.headroom = Headroom::Quantile;
+        let mut p = PredictivePolicy::new(cfg).unwrap();
+        let high = forecast(0, 150.0, 200.0);
+        for t in [0, 60] {
+            let d = p.recommend(&Observation {
+                now: t,
+                ..obs(Some(&high), Some(150.0), 20)
+            });
+            assert_eq!(d.desired_replicas, 20);
+        }
+        p
+    }
+
+    #[test]
+    fn the_first_sample_after_an_outage_longer_than_the_window_does_not_drop_replicas() {
+        let mut p = windowed_at_20();
+        // Ten minutes without data (longer than the window), then a low sample.
+        for t in (120..=720).step_by(60) {
+            let d = p.recommend(&Observation {
+                now: t,
+                ..obs(None, None, 20)
+            });
+            assert_eq!(d.desired_replicas, 20, "held at {t}");
+        }
+        let low = forecast(780, 10.0, 20.0);
+        let d = p.recommend(&Observation {
+            now: 780,
+            ..obs(Some(&low), Some(10.0), 20)
+        });
+        assert_eq!(d.desired_replicas, 20, "{d:?}");
+        assert_eq!(d.reason.term, Term::Stabilization);
+        // A window after the data came back, it goes down.
+        let d = p.recommend(&Observation {
+            now: 780 + 300,
+            ..obs(Some(&low), Some(10.0), 20)
+        });
+        assert_eq!(d.desired_replicas, 2, "{d:?}");
+    }
+
+    #[test]
+    fn a_fresh_or_gap_restored_policy_starts_its_window_at_the_replicas_in_place() {
+        let low = |t| forecast(t, 10.0, 20.0);
+        let decide = |p: &mut PredictivePolicy, t: i64| {
+            let f = low(t);
+            p.recommend(&Observation {
+                now: t,
+                ..obs(Some(&f), Some(10.0), 20)
+            })
+            .desired_replicas
+        };
+        // Made fresh: nothing is known of the window, the 20 in place stand for it.
+        let mut fresh = windowed_at_20();
+        fresh.first = true;
+        fresh.recent.clear();
+        assert_eq!(decide(&mut fresh, 2000), 20);
+        assert_eq!(decide(&mut fresh, 2400), 2, "a window later");
+        // Restored from a state saved long ago (its window has passed): told of the gap,
+        // it holds as fresh; restored at once, it decides as the policy that saved it.
+        let saved = windowed_at_20().state();
+        let mut gap = windowed_at_20();
+        gap.restore(saved.clone()).unwrap();
+        gap.resume_after_gap();
+        assert_eq!(decide(&mut gap, 2000), 20);
+        let mut at_once = windowed_at_20();
+        at_once.restore(saved).unwrap();
+        let mut never_stopped = windowed_at_20();
+        assert_eq!(decide(&mut at_once, 2000), decide(&mut never_stopped, 2000));
+        assert_eq!(decide(&mut at_once, 2000), 2);
     }
 
     #[test]
