@@ -340,6 +340,8 @@ pub struct Service {
     actuator: Option<Arc<dyn Actuator>>,
     /// Consecutive loops with more than half of the workloads failing.
     failing_loops: std::sync::atomic::AtomicU32,
+    /// Consecutive loops without (the way back to safe: a flapping source keeps it unsafe).
+    healthy_loops: std::sync::atomic::AtomicU32,
     /// Loop time of the last prune of the review store.
     last_prune: std::sync::atomic::AtomicI64,
     /// Loop time of the first look at the approved recommendations: their grace runs from
@@ -351,6 +353,9 @@ pub struct Service {
 const UNSAFE_FAILING_SHARE: f64 = 0.5;
 /// Unhealthy loops in a row before scale-downs stop everywhere.
 const UNSAFE_LOOPS: u32 = 2;
+/// Healthy loops in a row before they may start again: one good loop between failing ones is
+/// not a recovery.
+const SAFE_AGAIN_LOOPS: u32 = 3;
 
 /// How long a workload is left alone after the actuator was refused for a reason that a
 /// retry next loop would not fix (403, 404, another autoscaler, paused).
@@ -603,6 +608,7 @@ impl Service {
             writing_models: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             actuator,
             failing_loops: std::sync::atomic::AtomicU32::new(0),
+            healthy_loops: std::sync::atomic::AtomicU32::new(0),
             last_prune: std::sync::atomic::AtomicI64::new(i64::MIN),
             started: std::sync::OnceLock::new(),
         })
@@ -939,7 +945,7 @@ impl Service {
     }
 
     /// Counts failing workloads; more than half for two loops in a row stops scale-downs
-    /// everywhere until a loop is healthy again.
+    /// everywhere until three loops in a row are healthy again.
     fn update_safety(&self) {
         use std::sync::atomic::Ordering;
         let total = self.runtimes.len().max(1);
@@ -952,13 +958,18 @@ impl Service {
             })
             .count();
         let unhealthy = failing as f64 / total as f64 > UNSAFE_FAILING_SHARE;
-        let n = if unhealthy {
-            self.failing_loops.fetch_add(1, Ordering::SeqCst) + 1
+        let (bad, good) = if unhealthy {
+            self.healthy_loops.store(0, Ordering::SeqCst);
+            (self.failing_loops.fetch_add(1, Ordering::SeqCst) + 1, 0)
         } else {
             self.failing_loops.store(0, Ordering::SeqCst);
-            0
+            (0, self.healthy_loops.fetch_add(1, Ordering::SeqCst) + 1)
         };
-        let safe = n < UNSAFE_LOOPS;
+        let safe = if self.shared.safe_to_act.load(Ordering::SeqCst) {
+            bad < UNSAFE_LOOPS
+        } else {
+            good >= SAFE_AGAIN_LOOPS
+        };
         if self.shared.safe_to_act.swap(safe, Ordering::SeqCst) != safe {
             tracing::warn!(failing, total, safe_to_act = safe, "Safety to act changed");
         }

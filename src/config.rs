@@ -76,16 +76,21 @@ pub struct PrometheusConfig {
     /// PEM file of a CA to trust for `https` URLs, in addition to the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Timeout of one request (also sent to Prometheus as `timeout=`). Must be shorter than
-    /// the loop interval.
+    /// Timeout of one request (also sent to Prometheus as `timeout=`). Times `retries + 1`,
+    /// plus the backoff between them (100 ms, doubling), must be shorter than the loop
+    /// interval, so that a fetch failing every attempt ends inside its loop.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Retries of a failed request (timeouts, connection errors, 5xx) within one loop, with
-    /// exponential backoff. 4xx answers are not retried.
+    /// exponential backoff (100 ms, doubling). 4xx answers are not retried. At most 10.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// A sample older than this (relative to the newest sample Prometheus returns for the
-    /// range) makes the series stale: missing, never zero.
+    /// The newest point Prometheus returns for a fetch may be at most this much older than
+    /// the fetch's end (the loop's time); an older one makes the series stale: missing,
+    /// never zero. Prometheus itself carries a scraped value forward for up to its lookback
+    /// delta (5 min by default) unless a staleness marker ends it, so a series that vanished
+    /// without one looks fresh for that long; a target that keeps answering one frozen
+    /// value cannot be told from steady demand here.
     #[serde(default = "default_stale_after", with = "humantime_serde")]
     pub stale_after: Duration,
 }
@@ -732,6 +737,19 @@ impl Config {
         if p.retries > 10 {
             return Err(invalid("prometheus.retries", "must be at most 10"));
         }
+        // A fetch that fails every attempt must still end inside its loop (else the hold it
+        // causes comes a loop late, and loops pile up behind it).
+        let attempts = p.retries + 1;
+        let backoff = crate::collector::retry_backoff_total(p.retries);
+        if p.timeout.saturating_mul(attempts).saturating_add(backoff) >= self.loop_.interval {
+            return Err(invalid(
+                "prometheus.timeout",
+                format!(
+                    "timeout x {attempts} attempts (retries + 1) plus {} ms of backoff must be shorter than loop.interval",
+                    backoff.as_millis()
+                ),
+            ));
+        }
         if self.loop_.interval < Duration::from_secs(1)
             || self.loop_.interval > Duration::from_secs(MAX_DURATION_SECONDS)
         {
@@ -1064,6 +1082,34 @@ workloads:
             let e = parse(&text).unwrap_err();
             assert!(e.to_string().contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn a_fetch_failing_every_attempt_must_end_inside_its_loop() {
+        let with = |timeout: &str, retries: u32| {
+            let prom =
+                format!("url: http://127.0.0.1:9090\n  timeout: {timeout}\n  retries: {retries}");
+            format!(
+                "{}loop:\n  interval: 30s\n",
+                GOOD.replace("url: http://127.0.0.1:9090", &prom)
+            )
+        };
+        // 3 x 10 s + 300 ms of backoff: past the 30 s loop.
+        let e = parse(&with("10s", 2)).unwrap_err().to_string();
+        assert!(
+            e.contains("prometheus.timeout") && e.contains("300 ms"),
+            "{e}"
+        );
+        // 29.7 s + 300 ms is the loop itself; 29.4 s + 300 ms fits.
+        assert!(parse(&with("9900ms", 2)).is_err());
+        assert!(parse(&with("9800ms", 2)).is_ok());
+        // The backoff counts: 10 retries sleep 102.3 s between them.
+        assert!(parse(&with("1s", 10)).is_err());
+        assert_eq!(crate::collector::retry_backoff_total(0), Duration::ZERO);
+        assert_eq!(
+            crate::collector::retry_backoff_total(10),
+            Duration::from_millis(102_300)
+        );
     }
 
     #[test]

@@ -31,3 +31,5 @@ pub mod metrics;
 pub mod policy;
 pub mod sim;
 pub mod store;
+#[cfg(test)]
+mod testutil;

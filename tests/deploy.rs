@@ -53,6 +53,7 @@ fn the_kustomize_base_renders_validates_and_is_hardened() {
         "Role",
         "ConfigMap",
         "ServiceMonitor",
+        "PersistentVolumeClaim",
     ] {
         assert!(
             rendered.contains(&format!("kind: {kind}\n")),

@@ -1117,12 +1117,34 @@ mod service {
             store.get(&pending.id).await.unwrap().state,
             RecState::Approved
         );
-        // The failures end: one healthy loop makes it safe, the next applies the approval.
-        source.1.store(false, std::sync::atomic::Ordering::SeqCst);
-        for _ in 0..2 {
+        // A flapping source (one good loop between failing ones) is no recovery: still held.
+        let safe = |svc: &Service| {
+            svc.shared()
+                .safe_to_act
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        for i in 0..6 {
+            source
+                .1
+                .store(i % 2 == 1, std::sync::atomic::Ordering::SeqCst);
             svc.run_once(t * STEP).await;
             t += 1;
+            assert!(!safe(&svc), "flapping, loop {i}");
         }
+        // The failures end: three healthy loops make it safe, the next applies the approval.
+        source.1.store(false, std::sync::atomic::Ordering::SeqCst);
+        for i in 0..3 {
+            assert_eq!(
+                store.get(&pending.id).await.unwrap().state,
+                RecState::Approved,
+                "healthy loop {i}"
+            );
+            svc.run_once(t * STEP).await;
+            t += 1;
+            assert_eq!(safe(&svc), i == 2, "healthy loop {i}");
+        }
+        assert_eq!(world.lock().unwrap().scale_writes, 0);
+        svc.run_once(t * STEP).await;
         let done = store.get(&pending.id).await.unwrap();
         assert_eq!(done.state, RecState::Applied, "{done:?}");
         assert_eq!(

@@ -2,7 +2,8 @@
 
 usage: validate_deploy.py RENDERED.yaml EXAMPLES_DIR [KEDA_SCALEDOBJECT_CRD.yaml]
 
-- Pod and container hardening, probes, resources; PDB only with 2+ replicas.
+- Pod and container hardening, probes, resources; PDB only with 2+ replicas; the data
+  directory (the SQLite review store) on a PersistentVolumeClaim, Recreate when ReadWriteOnce.
 - RBAC: no wildcards, no secrets, only the verbs and resources prescale uses.
 - ServiceMonitor: selects the Service and scrapes its http port at /metrics.
 - ScaledObjects: the KEDA CRD's openAPIV3Schema (when given), a fallback block, and that
@@ -88,6 +89,21 @@ published = {
     for w in config["workloads"]
     if w.get("mode") == "auto" and w.get("actuator", "keda") == "keda"
 }
+# The data directory (the SQLite review store unless store.url is set) is on a volume that
+# outlives the pod; a ReadWriteOnce claim needs the Recreate strategy.
+mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+data_vol = mounts.get(config.get("data_dir", "data"))
+need(data_vol is not None, f"data_dir {config.get('data_dir')} is mounted")
+vols = {v["name"]: v for v in pod.get("volumes", [])}
+claim = vols.get(data_vol, {}).get("persistentVolumeClaim", {}).get("claimName")
+if "url" not in config.get("store", {}):
+    need(claim is not None, "data_dir (the SQLite review store) on a PersistentVolumeClaim")
+pvcs = {p["metadata"]["name"]: p for p in by_kind.get("PersistentVolumeClaim", [])}
+if claim is not None:
+    need(claim in pvcs, f"claim {claim} is rendered")
+    rwo = "ReadWriteOnce" in pvcs.get(claim, {}).get("spec", {}).get("accessModes", [])
+    strategy = dep["spec"].get("strategy", {}).get("type", "RollingUpdate")
+    need(not rwo or (strategy == "Recreate" and replicas == 1), "a ReadWriteOnce data volume: one replica, Recreate")
 ns = svc["metadata"]["namespace"]
 host = f"{svc['metadata']['name']}.{ns}.svc.cluster.local"
 

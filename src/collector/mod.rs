@@ -5,7 +5,7 @@ mod demo;
 mod prometheus;
 
 pub use demo::TraceSource;
-pub use prometheus::{PrometheusSource, max_points_per_query};
+pub use prometheus::{PrometheusSource, max_points_per_query, retry_backoff_total};
 
 use crate::domain::Timestamp;
 

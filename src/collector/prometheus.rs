@@ -18,6 +18,11 @@ const MAX_BODY: usize = 8 << 20;
 /// First retry delay; doubles on each retry.
 const BACKOFF: Duration = Duration::from_millis(100);
 
+/// Time slept between the attempts of one request that fails `retries + 1` times.
+pub fn retry_backoff_total(retries: u32) -> Duration {
+    BACKOFF.saturating_mul(2_u32.saturating_pow(retries).saturating_sub(1))
+}
+
 /// Points per range query (both ends inclusive) the source never exceeds.
 pub fn max_points_per_query() -> i64 {
     MAX_POINTS

@@ -1371,13 +1371,7 @@ mod tests {
         at
     }
 
-    /// A uniform draw in [0, 1) from a linear congruential generator (reproducible noise).
-    fn uniform(seed: &mut u64) -> f64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*seed >> 11) as f64 / (1u64 << 53) as f64
-    }
+    use crate::testutil::uniform;
 
     /// A daily-ish cycle with noise, at 5-minute steps.
     fn cycle(i: usize, seed: &mut u64) -> f64 {

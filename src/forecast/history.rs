@@ -96,12 +96,7 @@ mod tests {
     fn noise(n: usize, amp: f64) -> Vec<f64> {
         let mut s = 99_u64;
         (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                amp * ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
-            })
+            .map(|_| amp * (crate::testutil::uniform(&mut s) - 0.5))
             .collect()
     }
 

@@ -191,10 +191,7 @@ mod tests {
         let mut s = 12345_u64;
         (0..n)
             .map(|i| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let u = crate::testutil::uniform(&mut s) - 0.5;
                 100.0 + 30.0 * (2.0 * PI * i as f64 / p).sin() + noise * u
             })
             .collect()

@@ -129,10 +129,7 @@ mod tests {
                 each.iter().filter(|&&r| r <= now).count(),
                 "step {step}"
             );
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let desired = (seed >> 33) as u32 % 300;
+            let desired = (crate::testutil::next_u64(&mut seed) >> 33) as u32 % 300;
             let effective = now + 60;
             p.apply(desired, effective, 180);
             if (desired as usize) < each.len() {

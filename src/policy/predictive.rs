@@ -509,13 +509,7 @@ mod tests {
         }
     }
 
-    /// Deterministic pseudo-random numbers in [0, 1).
-    fn lcg(s: &mut u64) -> f64 {
-        *s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*s >> 11) as f64 / (1u64 << 53) as f64
-    }
+    use crate::testutil::uniform as lcg;
 
     #[test]
     fn desired_stays_within_min_and_max_whatever_the_inputs() {

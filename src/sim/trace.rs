@@ -300,12 +300,7 @@ mod tests {
             .collect();
         let alphabet = b"0123456789,.-+eE \n\r\tx\xff";
         let mut seed = 17_u64;
-        let mut next = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut next = |n: usize| (crate::testutil::next_u64(&mut seed) >> 33) as usize % n;
         let (mut parsed, mut refused) = (0, 0);
         for _ in 0..20_000 {
             let mut bytes = good.clone().into_bytes();
