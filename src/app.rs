@@ -241,9 +241,6 @@ struct Runtime {
     /// Decides, as the HPA would, while the warm-up waits (the predictive policy's tuner
     /// must see the replayed tail before any live step).
     interim: Option<HpaPolicy>,
-    /// Loop time of the last failed fetch: an approved scale-down held meanwhile has its
-    /// grace again from here.
-    degraded_at: Option<Timestamp>,
 }
 
 /// The last `n` observed values of a workload and the time of the first.
@@ -344,9 +341,12 @@ pub struct Service {
     healthy_loops: std::sync::atomic::AtomicU32,
     /// Loop time of the last prune of the review store.
     last_prune: std::sync::atomic::AtomicI64,
-    /// Loop time of the first look at the approved recommendations: their grace runs from
-    /// here at the earliest.
+    /// Loop time of the first look at the approved recommendations (after a restart, the
+    /// grace of one still live when the service stopped runs again from here).
     started: std::sync::OnceLock<Timestamp>,
+    /// About when the previous run stopped: the newest sample of the restored views (0: not
+    /// known, nothing restored).
+    stopped_at: std::sync::atomic::AtomicI64,
 }
 
 /// Share of failing workloads above which a loop counts as unhealthy.
@@ -371,9 +371,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// prune of a long history is spread over loops instead of holding the write lock for long.
 const PRUNE_BATCH: u32 = 10_000;
 
-/// Loops after its approval (or after the service started, for one approved before) within
-/// which an approved recommendation must be applied once past its `valid_until`; later it
-/// fails as expired. A scale-down held while its workload's metrics fail does not expire.
+/// Loops after its approval within which an approved recommendation must be applied once
+/// past its `valid_until`; later it fails as expired. One still live when the service
+/// stopped has them again after the restart (the stop does not count), if the stop was
+/// shorter than the workload's `recommendation_ttl`, and never past its deadline plus that.
 const APPLY_GRACE_STEPS: i64 = 3;
 
 /// Least time between two writes of the model state while running (it is written after
@@ -573,7 +574,6 @@ impl Service {
                 refits_counted: 0,
                 backlog: Vec::new(),
                 interim: None,
-                degraded_at: None,
                 cfg: w.clone(),
             })));
         }
@@ -611,6 +611,7 @@ impl Service {
             healthy_loops: std::sync::atomic::AtomicU32::new(0),
             last_prune: std::sync::atomic::AtomicI64::new(i64::MIN),
             started: std::sync::OnceLock::new(),
+            stopped_at: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -725,6 +726,10 @@ impl Service {
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
         let saved: BTreeMap<String, WorkloadView> =
             serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        if let Some(t) = saved.values().filter_map(|v| v.last_sample_at).max() {
+            self.stopped_at
+                .store(t, std::sync::atomic::Ordering::SeqCst);
+        }
         let mut n = 0;
         for rt in &self.runtimes {
             let Ok(mut rt) = rt.lock() else { continue };
@@ -1002,30 +1007,34 @@ impl Service {
         };
         use std::sync::atomic::Ordering;
         let grace = APPLY_GRACE_STEPS * self.step as i64;
-        // Time this process was not running does not count against an approval: one approved
-        // before a crash (or a long stop) has its grace again from the first loop after it.
         let started = *self.started.get_or_init(|| now);
+        let stopped = Some(self.stopped_at.load(Ordering::SeqCst)).filter(|t| *t != 0);
         for rec in approved {
             let key = format!("{}/{}", rec.namespace, rec.workload);
             let rt = self.runtime(&key);
-            // While the workload's own metrics fail, nothing of it goes down: a scale-down is
-            // held, still approved, and does not expire while it waits (its grace runs
-            // again from the last failed fetch).
-            let (degraded_down, degraded_at) =
-                rt.and_then(|rt| rt.lock().ok()).map_or((false, None), |r| {
+            let (ttl, degraded_down) =
+                rt.and_then(|rt| rt.lock().ok()).map_or((None, false), |r| {
+                    // While the workload's own metrics fail, nothing of it goes down.
                     let down = r.view.state == WorkloadState::Degraded
                         && r.current.is_none_or(|c| rec.to_replicas < c);
-                    (down, r.degraded_at)
+                    (Some(r.cfg.recommendation_ttl.as_secs() as i64), down)
                 });
-            if degraded_down {
-                continue;
-            }
             let decided = rec.decided_at.unwrap_or(rec.created_at);
-            let since = decided.max(started).max(degraded_at.unwrap_or(decided));
-            if now > rec.valid_until.max(since + grace) {
-                // Held too long (paused, not the leader, unsafe, a config without it): the
-                // forecast it was approved on is old now. The wish may be proposed again
-                // (`Store::lapsed`).
+            let mut deadline = rec.valid_until.max(decided + grace);
+            // Time the service was stopped (a crash, a rollout) does not count against an
+            // approval still live when it stopped: it has its grace again from the restart.
+            // Not after a stop longer than the workload's TTL, and never longer than that
+            // past its deadline: the forecast it was approved on is too old by then.
+            if let (Some(stop), Some(ttl)) = (stopped, ttl)
+                && stop <= deadline
+                && started - stop <= ttl
+            {
+                deadline = deadline.max((started + grace).min(deadline + ttl));
+            }
+            if now > deadline {
+                // Held too long (paused, not the leader, unsafe, degraded, a config without
+                // it, a long stop): the forecast it was approved on is old now. The wish may
+                // be proposed again (`Store::lapsed`).
                 self.fail(
                     store,
                     &rec,
@@ -1033,6 +1042,10 @@ impl Service {
                     now,
                 )
                 .await;
+                continue;
+            }
+            // Held, still approved, until it expires above.
+            if degraded_down {
                 continue;
             }
             // Not in this replica's config: perhaps in another's, while a new config rolls
@@ -1398,7 +1411,6 @@ impl Runtime {
                 count(metrics, "collector", e.kind());
                 tracing::warn!(workload = %self.cfg.key(), error = %e, "Fetch failed; holding replicas");
                 self.view.state = WorkloadState::Degraded;
-                self.degraded_at = Some(now);
                 self.view.reason = Some(e.kind().to_string());
                 self.view.last_error = Some(e.to_string());
                 None

@@ -138,7 +138,7 @@ pub async fn run(
     heap: Option<fn() -> u64>,
 ) -> anyhow::Result<LoopBench> {
     let mut yaml = format!(
-        "prometheus:\n  url: http://127.0.0.1:9\n  timeout: 1s\nloop:\n  interval: {step}s\n  history: {}s\n  concurrency: {concurrency}\n  warmup_budget: {}s\ndata_dir: {}\nworkloads:\n",
+        "prometheus:\n  url: http://127.0.0.1:9\n  timeout: 1s\n  retries: 0\nloop:\n  interval: {step}s\n  history: {}s\n  concurrency: {concurrency}\n  warmup_budget: {}s\ndata_dir: {}\nworkloads:\n",
         history.as_secs(),
         warmup_budget.as_secs(),
         std::env::temp_dir().join("prescale-bench-loop").display()

@@ -986,9 +986,10 @@ async fn applied_one(s: &mut Setup, workload: &str) -> u32 {
     current(s, workload)
 }
 
-/// An approval the process could not apply before it stopped is applied after the restart,
-/// however long the stop: time the service was not running does not count against it.
-/// Held after the restart for longer than its grace (paused here), it expires as before.
+/// An approval the process could not apply before it stopped is applied after the restart:
+/// time the service was not running does not count against it, up to the workload's
+/// recommendation_ttl. Held after the restart for longer than its grace (paused here), it
+/// expires as before; after a stop longer than the TTL, at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_outlives_a_stop_longer_than_its_grace() {
     let mut s = setup(None, false).await;
@@ -1026,20 +1027,38 @@ async fn an_approval_outlives_a_stop_longer_than_its_grace() {
     let got = store.get(&paused.id).await.unwrap();
     assert_eq!(got.state, RecState::Failed, "{got:?}");
     assert!(got.outcome.as_deref().unwrap().starts_with("expired"));
+
+    // A stop longer than the workload's recommendation_ttl (7 days here): the forecast it
+    // was approved on is too old, and it expires at the first loop after the restart.
+    let base = current(&s, "web");
+    let t = s.t;
+    s.service.save().await;
+    let stale = approved(base, base + 2, t, t);
+    store.create(&stale, "test").await.unwrap();
+    let mut s = restarted(s, t + 8 * 86_400).await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    s.tick(1).await;
+    let got = store.get(&stale.id).await.unwrap();
+    assert_eq!(got.state, RecState::Failed, "{got:?}");
+    assert!(got.outcome.as_deref().unwrap().starts_with("expired"));
+    assert_eq!(current(&s, "web"), base);
 }
 
-/// While a workload's own metrics fail, an approved scale-down of it waits (still approved,
-/// not expiring) and a scale-up is applied; once they are back it is applied, its grace
-/// counted from the last failed fetch.
+/// While a workload's own metrics fail, an approved scale-down of it waits, still approved,
+/// and a scale-up is applied; the metrics back, the scale-down is applied. Held past its
+/// validity, it expires as any approval held too long does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_scale_down_waits_while_the_workload_metrics_fail() {
     let mut s = setup(None, false).await;
     let store = s.service.shared().store.get().unwrap().clone();
     let base = applied_one(&mut s, "web").await;
     assert!(base >= 2, "{base}");
-    s.source
-        .failing
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failing = |s: &Setup, on: bool| {
+        s.source
+            .failing
+            .store(on, std::sync::atomic::Ordering::SeqCst)
+    };
+    failing(&s, true);
     let t = s.t;
     let down = approved(base, base - 1, t, t);
     let got = after_a_loop(&mut s, down.clone()).await;
@@ -1047,26 +1066,32 @@ async fn an_approved_scale_down_waits_while_the_workload_metrics_fail() {
     let view = s.service.shared().views.read().unwrap()["shop/web"].clone();
     assert_eq!(view.state, prescale::app::WorkloadState::Degraded);
     assert_eq!(current(&s, "web"), base);
-    // An hour later (past valid_until and the grace), still held, still approved.
-    s.tick(12).await;
+    // Ten more minutes failing: still held, still approved (valid for 30).
+    s.tick(2).await;
     assert_eq!(store.get(&down.id).await.unwrap().state, RecState::Approved);
     assert_eq!(current(&s, "web"), base);
     // Metrics back: applied at the next loop.
-    s.source
-        .failing
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    failing(&s, false);
     s.tick(1).await;
     let got = store.get(&down.id).await.unwrap();
     assert_eq!(got.state, RecState::Applied, "{got:?}");
     assert_eq!(current(&s, "web"), base - 1);
     // A scale-up is not held by failing metrics.
-    s.source
-        .failing
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    failing(&s, true);
     let t = s.t;
     let up = approved(base - 1, base + 4, t, t);
     let got = after_a_loop(&mut s, up).await;
     assert_eq!(got.state, RecState::Applied, "{got:?}");
+    assert_eq!(current(&s, "web"), base + 4);
+    // Failing for 50 minutes, past the validity (30 min) and the grace (3 loops): expired.
+    let t = s.t;
+    let late = approved(base + 4, base + 2, t, t);
+    let got = after_a_loop(&mut s, late.clone()).await;
+    assert_eq!(got.state, RecState::Approved, "{got:?}");
+    s.tick(9).await;
+    let got = store.get(&late.id).await.unwrap();
+    assert_eq!(got.state, RecState::Failed, "{got:?}");
+    assert!(got.outcome.as_deref().unwrap().starts_with("expired"));
     assert_eq!(current(&s, "web"), base + 4);
 }
 

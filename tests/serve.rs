@@ -118,3 +118,57 @@ fn check_config_exits_64_naming_the_field() {
     assert_eq!(o.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&o.stderr).contains("workloads[0].min_replicas"));
 }
+
+/// Signals are handled from the start, not only once the service serves: a SIGHUP while it
+/// is still opening its store (here a PostgreSQL that accepts the connection and never
+/// answers, fault injection) does not kill it.
+#[cfg(unix)]
+#[test]
+fn a_sighup_during_a_slow_start_is_ignored() {
+    use std::os::unix::process::ExitStatusExt;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pg = silent.local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("prescale.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\n\
+             data_dir: '{}'\n\
+             store: {{url: 'postgres://prescale@127.0.0.1:{pg}/prescale'}}\n\
+             listen: {{http: '127.0.0.1:{}', grpc: '127.0.0.1:{}'}}\n\
+             workloads:\n\
+             - {{namespace: shop, name: web, demand_query: 'up', capacity_per_replica: 10, max_replicas: 5}}\n",
+            data.path().display(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = common::Kill(
+        Command::new(env!("CARGO_BIN_EXE_prescale"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The store is being opened: the service is past its start but serves nothing yet.
+    let (_held, _) = silent.accept().unwrap();
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let status = child.0.try_wait().unwrap();
+    assert!(
+        status.is_none(),
+        "stopped by a SIGHUP during start-up: {status:?} (signal {:?})",
+        status.and_then(|s| s.signal())
+    );
+}

@@ -91,12 +91,15 @@ published = {
 }
 # The data directory (the SQLite review store unless store.url is set) is on a volume that
 # outlives the pod; a ReadWriteOnce claim needs the Recreate strategy.
-mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
-data_vol = mounts.get(config.get("data_dir", "data"))
-need(data_vol is not None, f"data_dir {config.get('data_dir')} is mounted")
+mounts = {m["mountPath"].rstrip("/"): m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+data_dir = str(config.get("data_dir") or "data").rstrip("/")
+# The deepest mount holding data_dir.
+holding = [p for p in mounts if data_dir == p or data_dir.startswith(p + "/")]
+data_vol = mounts[max(holding, key=len)] if holding else None
+need(data_vol is not None, f"data_dir {data_dir} is on a mounted volume")
 vols = {v["name"]: v for v in pod.get("volumes", [])}
 claim = vols.get(data_vol, {}).get("persistentVolumeClaim", {}).get("claimName")
-if "url" not in config.get("store", {}):
+if not (config.get("store") or {}).get("url"):
     need(claim is not None, "data_dir (the SQLite review store) on a PersistentVolumeClaim")
 pvcs = {p["metadata"]["name"]: p for p in by_kind.get("PersistentVolumeClaim", [])}
 if claim is not None:

@@ -378,7 +378,8 @@ impl ScalingPolicy for PredictivePolicy {
         while self.recent.front().is_some_and(|&(t, _)| t <= cutoff) {
             self.recent.pop_front();
         }
-        if std::mem::take(&mut self.first) {
+        // (Without a window there is nothing to stand for.)
+        if std::mem::take(&mut self.first) && cfg.scale_down_stabilization_seconds > 0 {
             self.recent.push_back((obs.now, current));
         }
         let Some(demand) = obs.demand.filter(|d| d.is_finite() && *d >= 0.0) else {
@@ -873,6 +874,9 @@ mod tests {
         let mut never_stopped = windowed_at_20();
         assert_eq!(decide(&mut at_once, 2000), decide(&mut never_stopped, 2000));
         assert_eq!(decide(&mut at_once, 2000), 2);
+        // Without a window, a fresh policy's first decision may go down at once.
+        let mut windowless = policy();
+        assert!(decide(&mut windowless, 0) < 20);
     }
 
     #[test]
