@@ -116,7 +116,10 @@ pub struct LoopConfig {
     /// History backfilled at start and kept per workload.
     #[serde(default = "default_history", with = "humantime_serde")]
     pub history: Duration,
-    /// Workloads fetched and forecast at the same time.
+    /// Workloads fetched and forecast at the same time. Only one fetch is bounded to end
+    /// inside the loop (`prometheus.timeout`): with more failing workloads than this, each
+    /// waiting out its retries, a loop can outlast its interval; the next then starts late
+    /// (watch `prescale_loop_duration_seconds`).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Wall time, from a loop's start, during which cold warm-ups may start: replaying the
