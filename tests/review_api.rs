@@ -986,6 +986,20 @@ async fn applied_one(s: &mut Setup, workload: &str) -> u32 {
     current(s, workload)
 }
 
+/// Saves the service of `s`, stores `recs` (approved after that save, before the process
+/// stopped), restarts it `down` seconds later and runs its first loop.
+async fn approved_then_stopped(s: Setup, recs: &[&Recommendation], down: i64) -> Setup {
+    s.service.save().await;
+    let store = s.service.shared().store.get().unwrap().clone();
+    for rec in recs {
+        store.create(rec, "test").await.unwrap();
+    }
+    let at = s.t + down;
+    let mut s = restarted(s, at).await;
+    s.tick(1).await;
+    s
+}
+
 /// An approval the process could not apply before it stopped is applied after the restart:
 /// time the service was not running does not count against it, up to the workload's
 /// recommendation_ttl. Held after the restart for longer than its grace (paused here), it
@@ -1002,20 +1016,15 @@ async fn an_approval_outlives_a_stop_longer_than_its_grace() {
         .post("/api/v1/workloads/shop/api/pause", Some(ADMIN), json!({}))
         .await;
     assert_eq!(pause.status, 200, "{}", pause.text);
-    let t = s.t;
-    s.service.save().await;
     // Approved just before the stop (valid 30 min, grace 15 min); back two days later.
+    let t = s.t;
     let rec = approved(base, base + 3, t, t);
-    let store = s.service.shared().store.get().unwrap().clone();
-    store.create(&rec, "test").await.unwrap();
     let paused = Recommendation {
         workload: "api".into(),
         ..approved(api, api + 2, t, t)
     };
-    store.create(&paused, "test").await.unwrap();
-    let mut s = restarted(s, t + 2 * 86_400).await;
+    let mut s = approved_then_stopped(s, &[&rec, &paused], 2 * 86_400).await;
     let store = s.service.shared().store.get().unwrap().clone();
-    s.tick(1).await;
     let got = store.get(&rec.id).await.unwrap();
     assert_eq!(got.state, RecState::Applied, "{got:?}");
     assert_eq!(current(&s, "web"), base + 3);
@@ -1031,13 +1040,9 @@ async fn an_approval_outlives_a_stop_longer_than_its_grace() {
     // A stop longer than the workload's recommendation_ttl (7 days here): the forecast it
     // was approved on is too old, and it expires at the first loop after the restart.
     let base = current(&s, "web");
-    let t = s.t;
-    s.service.save().await;
-    let stale = approved(base, base + 2, t, t);
-    store.create(&stale, "test").await.unwrap();
-    let mut s = restarted(s, t + 8 * 86_400).await;
+    let stale = approved(base, base + 2, s.t, s.t);
+    let s = approved_then_stopped(s, &[&stale], 8 * 86_400).await;
     let store = s.service.shared().store.get().unwrap().clone();
-    s.tick(1).await;
     let got = store.get(&stale.id).await.unwrap();
     assert_eq!(got.state, RecState::Failed, "{got:?}");
     assert!(got.outcome.as_deref().unwrap().starts_with("expired"));

@@ -1097,11 +1097,12 @@ mod service {
             svc.run_once(t * STEP).await;
             t += 1;
         }
-        assert!(
-            !svc.shared()
+        let safe = |svc: &Service| {
+            svc.shared()
                 .safe_to_act
                 .load(std::sync::atomic::Ordering::SeqCst)
-        );
+        };
+        assert!(!safe(&svc));
         // ...and the scale-down approved now is held, still approved, not failed.
         store
             .decide(&pending.id, RecState::Approved, "alice", None, t * STEP)
@@ -1118,11 +1119,6 @@ mod service {
             RecState::Approved
         );
         // A flapping source (one good loop between failing ones) is no recovery: still held.
-        let safe = |svc: &Service| {
-            svc.shared()
-                .safe_to_act
-                .load(std::sync::atomic::Ordering::SeqCst)
-        };
         for i in 0..6 {
             source
                 .1

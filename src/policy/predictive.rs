@@ -386,9 +386,7 @@ impl ScalingPolicy for PredictivePolicy {
             // Missing data never lowers replicas; it may still lift them to the minimum. The
             // replicas held stay in the window: the first sample after an outage longer
             // than the window must not drop them at once.
-            let desired = current
-                .clamp(cfg.min_replicas, cfg.max_replicas.max(current))
-                .max(current);
+            let desired = current.max(cfg.min_replicas);
             self.recent.push_back((obs.now, desired));
             return Decision {
                 desired_replicas: desired,
