@@ -25,6 +25,14 @@ enum Answer {
         step: i64,
         value: f64,
     },
+    /// Like `Series`, but the sample at `nan_at` is NaN (a 0/0 in the query).
+    NanAt {
+        start: i64,
+        end: i64,
+        step: i64,
+        value: f64,
+        nan_at: i64,
+    },
     /// Like `Series`, but the query `slow_query` never answers in time.
     Route {
         slow_query: String,
@@ -59,6 +67,12 @@ async fn fake_logged(answer: Arc<Mutex<Answer>>, log: Log) -> SocketAddr {
                 }
                 other => other,
             };
+            let answer = match answer {
+                Answer::Series { start, end, step, value } => {
+                    Answer::NanAt { start, end, step, value, nan_at: i64::MIN }
+                }
+                other => other,
+            };
             log.lock().unwrap().push((q_start, q_end, q_step));
             async move {
                 match answer {
@@ -70,13 +84,14 @@ async fn fake_logged(answer: Arc<Mutex<Answer>>, log: Log) -> SocketAddr {
                         tokio::time::sleep(d).await;
                         (StatusCode::OK, "late").into_response()
                     }
-                    Answer::Series { start, end, step, value } => {
+                    Answer::Series { .. } => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    Answer::NanAt { start, end, step, value, nan_at } => {
                         // Like Prometheus: only the samples inside the requested range.
                         let values: Vec<String> = (0..)
                             .map(|k| start + k * step)
                             .take_while(|t| *t <= end)
                             .filter(|t| *t >= q_start && *t <= q_end)
-                            .map(|t| format!("[{t},\"{value}\"]"))
+                            .map(|t| if t == nan_at { format!("[{t},\"NaN\"]") } else { format!("[{t},\"{value}\"]") })
                             .collect();
                         let body = format!(
                             r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{"job":"x"}},"values":[{}]}}]}}}}"#,
@@ -330,6 +345,47 @@ async fn faults_hold_replicas_and_show_in_the_workload_state() {
         let metrics = service.shared().metrics.encode();
         let line = format!("prescale_errors_total{{stage=\"collector\",kind=\"{kind}\"}}");
         assert!(metrics.contains(&line), "{kind} not counted");
+    }
+}
+
+#[tokio::test]
+async fn a_nan_sample_holds_the_workload_only_while_it_is_the_newest() {
+    // A 0/0 in the demand query once: while it is the newest sample the demand is unknown
+    // and replicas hold; once newer samples exist it is a one-step gap in the history, not a
+    // fault that holds the workload for as long as the history reaches back.
+    let now = 1_800_000_000_i64;
+    let series = |end: i64| Answer::NanAt {
+        start: now - 2 * 86_400,
+        end,
+        step: 60,
+        value: 400.0,
+        nan_at: now,
+    };
+    let answer = Arc::new(Mutex::new(series(now)));
+    let addr = fake(answer.clone()).await;
+    let yaml = format!(
+        "prometheus:\n  url: http://{addr}\n  timeout: 500ms\n  retries: 0\nloop:\n  interval: 60s\n  history: 2d\n\
+         data_dir: {dir}\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
+        dir = tempfile::tempdir().unwrap().keep().display()
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(PrometheusSource::new(&cfg.prometheus).unwrap());
+    let service = Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap();
+    let view = |s: &Service| s.shared().views.read().unwrap()["shop/web"].clone();
+    service.run_once(now).await;
+    let first = view(&service);
+    assert_eq!(first.state, WorkloadState::Degraded);
+    assert_eq!(first.reason.as_deref(), Some("invalid_sample"));
+    for k in 1..=3 {
+        *answer.lock().unwrap() = series(now + k * 60);
+        service.run_once(now + k * 60).await;
+        let v = view(&service);
+        assert_ne!(v.state, WorkloadState::Degraded, "loop {k}: {:?}", v.reason);
+        assert!(
+            v.desired_replicas.unwrap() >= 40,
+            "{:?}",
+            v.desired_replicas
+        );
     }
 }
 

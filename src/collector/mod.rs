@@ -58,10 +58,10 @@ pub enum CollectError {
     /// The query returned no series.
     #[error("query returned no data")]
     Empty,
-    /// The query returned several series where one was expected.
+    /// Several series report at the newest time, where one was expected.
     #[error("query returned {0} series; exactly one is expected")]
     MultiSeries(usize),
-    /// A sample was NaN, infinite or negative.
+    /// The newest sample was NaN, infinite or negative (older ones are gaps).
     #[error("invalid sample {value} at {at}")]
     InvalidSample {
         /// The value as Prometheus sent it.

@@ -161,7 +161,7 @@ impl PrometheusSource {
         let Some(Data::Matrix(series)) = envelope.data else {
             return Err(CollectError::BadResponse("expected a matrix result".into()));
         };
-        series
+        Ok(series
             .into_iter()
             .map(|rv| {
                 let mut labels: Vec<(String, String)> = rv.metric().clone().into_iter().collect();
@@ -170,18 +170,14 @@ impl PrometheusSource {
                 let samples = rv
                     .samples()
                     .iter()
-                    .map(|s| {
-                        let (at, value) = (s.timestamp().round() as i64, s.value());
-                        if value.is_finite() && value >= 0.0 {
-                            Ok(Sample { at, value })
-                        } else {
-                            Err(CollectError::InvalidSample { value, at })
-                        }
+                    .map(|s| Sample {
+                        at: s.timestamp().round() as i64,
+                        value: s.value(),
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((key, samples))
+                    .collect();
+                (key, samples)
             })
-            .collect()
+            .collect())
     }
 
     async fn request_with_retries(
@@ -228,39 +224,171 @@ impl MetricSource for PrometheusSource {
     async fn fetch(&self, query: &str, window: TimeWindow) -> Result<Vec<Sample>, CollectError> {
         let step = window.step.max(1);
         let span = (MAX_POINTS - 1) * step as i64;
-        let mut out: Vec<Sample> = Vec::new();
-        let mut identity: Option<String> = None;
+        let mut answers = Vec::new();
         let mut start = window.start;
         while start <= window.end {
             let end = (start + span).min(window.end);
-            let series = self.request_with_retries(query, start, end, step).await?;
-            if series.len() > 1 {
-                return Err(CollectError::MultiSeries(series.len()));
-            }
-            if let Some((key, samples)) = series.into_iter().next() {
-                // The same one series in every chunk: a different label set is a second series.
-                match &identity {
-                    Some(k) if *k != key => return Err(CollectError::MultiSeries(2)),
-                    Some(_) => {}
-                    None => identity = Some(key),
-                }
-                out.extend(samples);
-            }
+            answers.extend(self.request_with_retries(query, start, end, step).await?);
             start = end + step as i64;
         }
-        let Some(newest) = out.last().map(|s| s.at) else {
-            return Err(CollectError::Empty);
-        };
+        let (mut out, repairs) = assemble(answers, window)?;
+        let newest = out.last().map_or(window.start, |s| s.at);
         if newest < window.end - self.stale_after.as_secs() as i64 {
             return Err(CollectError::Stale {
                 newest,
                 end: window.end,
             });
         }
-        // Be strict about what comes back: in order, once per time, inside the window.
-        out.retain(|s| s.at >= window.start && s.at <= window.end);
-        out.sort_by_key(|s| s.at);
-        out.dedup_by_key(|s| s.at);
+        out.retain(|s| s.at >= window.start);
+        if out.is_empty() {
+            return Err(CollectError::Empty);
+        }
+        if repairs.invalid > 0 || repairs.retired > 0 {
+            tracing::warn!(
+                query,
+                invalid_samples = repairs.invalid,
+                retired_series = repairs.retired,
+                "older samples left out as gaps"
+            );
+        }
         Ok(out)
+    }
+}
+
+/// What [`assemble`] left out of the history it returned.
+#[derive(Debug, Default, PartialEq)]
+struct Repairs {
+    /// NaN, infinite or negative samples older than the newest one.
+    invalid: usize,
+    /// Series that overlap a newer series in time.
+    retired: usize,
+}
+
+/// One demand series out of every chunk's answer, oldest first, none after `window.end`.
+///
+/// Only the newest sample decides whether the data can be used now: when it is invalid, or
+/// when several series report at the newest time, the fetch fails. Older faults become gaps
+/// in the history instead, because the next fetch starts after them (or a backfill reads
+/// them again) and an error there would hold the workload for as long as the fault stays in
+/// the history: a single 0/0 once, or a relabelled series, must not do that. A series that
+/// ended before the newest one began is the same demand under its old labels and is kept;
+/// one that overlaps a newer series is dropped.
+fn assemble(
+    answers: Vec<(String, Vec<Sample>)>,
+    window: TimeWindow,
+) -> Result<(Vec<Sample>, Repairs), CollectError> {
+    let mut by_labels: std::collections::BTreeMap<String, Vec<Sample>> = Default::default();
+    for (key, samples) in answers {
+        by_labels.entry(key).or_default().extend(samples);
+    }
+    let mut series: Vec<Vec<Sample>> = by_labels
+        .into_values()
+        .map(|mut s| {
+            // Be strict about what comes back: in order, once per time, nothing from the
+            // future (the caller cuts the window's start after its staleness check).
+            s.retain(|x| x.at <= window.end);
+            s.sort_by_key(|x| x.at);
+            s.dedup_by_key(|x| x.at);
+            s
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    series.sort_by_key(|s| std::cmp::Reverse(s.last().map_or(i64::MIN, |x| x.at)));
+    let newest_at = |s: &Vec<Sample>| s.last().map(|x| x.at);
+    let Some(newest) = series.first().and_then(newest_at) else {
+        return Err(CollectError::Empty);
+    };
+    let live = series
+        .iter()
+        .filter(|s| newest_at(s) == Some(newest))
+        .count();
+    if live > 1 {
+        return Err(CollectError::MultiSeries(live));
+    }
+    let mut repairs = Repairs::default();
+    let mut kept = Vec::with_capacity(series.len());
+    let mut begins = i64::MAX;
+    for s in series {
+        match (s.first(), s.last()) {
+            (Some(first), Some(last)) if last.at < begins => {
+                begins = first.at;
+                kept.push(s);
+            }
+            _ => repairs.retired += 1,
+        }
+    }
+    let mut out: Vec<Sample> = kept.into_iter().rev().flatten().collect();
+    let valid = |x: &Sample| x.value.is_finite() && x.value >= 0.0;
+    if let Some(last) = out.last().filter(|x| !valid(x)) {
+        return Err(CollectError::InvalidSample {
+            value: last.value,
+            at: last.at,
+        });
+    }
+    let before = out.len();
+    out.retain(valid);
+    repairs.invalid = before - out.len();
+    Ok((out, repairs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: TimeWindow = TimeWindow {
+        start: 0,
+        end: 600,
+        step: 60,
+    };
+
+    fn run(labels: &str, from: i64, to: i64, value: f64) -> (String, Vec<Sample>) {
+        let samples = (from..=to)
+            .step_by(60)
+            .map(|at| Sample { at, value })
+            .collect();
+        (labels.to_string(), samples)
+    }
+
+    #[test]
+    fn an_invalid_sample_in_the_history_is_a_gap_but_fails_the_fetch_when_newest() {
+        let mut answer = run("{}", 0, 600, 5.0);
+        answer.1[3].value = f64::NAN;
+        answer.1[4].value = -1.0;
+        let (got, repairs) = assemble(vec![answer.clone()], W).unwrap();
+        assert_eq!(got.len(), 9);
+        assert!(
+            got.iter()
+                .all(|s| s.value == 5.0 && s.at != 180 && s.at != 240)
+        );
+        assert_eq!(repairs.invalid, 2);
+        answer.1[10].value = f64::INFINITY;
+        let err = assemble(vec![answer], W).unwrap_err();
+        assert_eq!(err.kind(), "invalid_sample");
+    }
+
+    #[test]
+    fn a_relabelled_series_is_one_history_but_two_live_series_fail() {
+        // Old labels until 240, new labels from 300 (split across two chunks), one stray
+        // series that overlaps the new one.
+        let answers = vec![
+            run("{a}", 0, 240, 1.0),
+            run("{b}", 300, 420, 2.0),
+            run("{b}", 480, 600, 2.0),
+            run("{c}", 360, 420, 9.0),
+        ];
+        let (got, repairs) = assemble(answers, W).unwrap();
+        let times: Vec<i64> = got.iter().map(|s| s.at).collect();
+        assert_eq!(times, (0..=600).step_by(60).collect::<Vec<_>>());
+        assert!(
+            got.iter()
+                .all(|s| s.value == if s.at < 300 { 1.0 } else { 2.0 })
+        );
+        assert_eq!(repairs.retired, 1);
+        let both_live = vec![run("{a}", 0, 600, 1.0), run("{b}", 300, 600, 2.0)];
+        assert_eq!(
+            assemble(both_live, W).unwrap_err(),
+            CollectError::MultiSeries(2)
+        );
+        assert_eq!(assemble(vec![], W).unwrap_err(), CollectError::Empty);
     }
 }
