@@ -304,6 +304,18 @@ async fn long_ranges_are_split_under_the_point_limit() {
     assert!(prescale::collector::max_points_per_query() < 11_000);
 }
 
+/// A service with one workload, `shop/web` (capacity 10), reading 2 days from `addr`.
+fn one_workload(addr: SocketAddr) -> Service {
+    let yaml = format!(
+        "prometheus:\n  url: http://{addr}\n  timeout: 500ms\n  retries: 0\nloop:\n  interval: 60s\n  history: 2d\n\
+         data_dir: {dir}\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
+        dir = tempfile::tempdir().unwrap().keep().display()
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(PrometheusSource::new(&cfg.prometheus).unwrap());
+    Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap()
+}
+
 #[tokio::test]
 async fn faults_hold_replicas_and_show_in_the_workload_state() {
     let step = 60_i64;
@@ -315,14 +327,7 @@ async fn faults_hold_replicas_and_show_in_the_workload_state() {
         value: 400.0,
     }));
     let addr = fake(answer.clone()).await;
-    let yaml = format!(
-        "prometheus:\n  url: http://{addr}\n  timeout: 500ms\n  retries: 0\nloop:\n  interval: 60s\n  history: 2d\n\
-         data_dir: {dir}\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
-        dir = tempfile::tempdir().unwrap().keep().display()
-    );
-    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
-    let source = Arc::new(PrometheusSource::new(&cfg.prometheus).unwrap());
-    let service = Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap();
+    let service = one_workload(addr);
     service.run_once(now).await;
     let view = |s: &Service| s.shared().views.read().unwrap()["shop/web"].clone();
     let before = view(&service);
@@ -363,14 +368,7 @@ async fn a_nan_sample_holds_the_workload_only_while_it_is_the_newest() {
     };
     let answer = Arc::new(Mutex::new(series(now)));
     let addr = fake(answer.clone()).await;
-    let yaml = format!(
-        "prometheus:\n  url: http://{addr}\n  timeout: 500ms\n  retries: 0\nloop:\n  interval: 60s\n  history: 2d\n\
-         data_dir: {dir}\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
-        dir = tempfile::tempdir().unwrap().keep().display()
-    );
-    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
-    let source = Arc::new(PrometheusSource::new(&cfg.prometheus).unwrap());
-    let service = Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap();
+    let service = one_workload(addr);
     let view = |s: &Service| s.shared().views.read().unwrap()["shop/web"].clone();
     service.run_once(now).await;
     let first = view(&service);
