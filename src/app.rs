@@ -1932,8 +1932,16 @@ pub async fn scale_actuator(
         let identity = cfg
             .identity
             .clone()
-            .or_else(|| std::env::var("POD_NAME").ok())
-            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| {
+                std::env::var("POD_NAME")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .or_else(|| {
+                std::env::var("HOSTNAME")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
             .unwrap_or_else(|| format!("prescale-{}", std::process::id()));
         Arc::new(LeaseElector::new(
             client.clone(),

@@ -277,7 +277,9 @@ pub struct KubernetesConfig {
     /// never retried at once.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// This replica's identity in the Lease. Default: `$POD_NAME`, else the host name.
+    /// This replica's identity in the Lease. Default: `$POD_NAME`, else the host name. Leave
+    /// it unset in a config that several replicas share: replicas with one identity all
+    /// count as the holder and all write `/scale`. Must not be empty.
     #[serde(default)]
     pub identity: Option<String>,
     /// Leader election; set it when more than one replica of prescale runs. Only the holder
@@ -775,11 +777,19 @@ impl Config {
         if self.loop_.warmup_budget() > Duration::from_secs(86_400) {
             return Err(invalid("loop.warmup_budget", "must be at most 1d"));
         }
+        if p.stale_after.is_zero() || p.stale_after > self.loop_.history {
+            return Err(invalid(
+                "prometheus.stale_after",
+                "must be positive and at most loop.history",
+            ));
+        }
         let k = &self.keda;
-        if k.stale_after.is_some_and(|d| d < self.loop_.interval) {
+        if k.stale_after.is_some_and(|d| {
+            d < self.loop_.interval || d > Duration::from_secs(MAX_DURATION_SECONDS)
+        }) {
             return Err(invalid(
                 "keda.stale_after",
-                "must be at least one loop.interval",
+                "must be at least one loop.interval and at most 1d",
             ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&k.max_message_bytes) {
@@ -811,6 +821,33 @@ impl Config {
         if kube.retries > 10 {
             return Err(invalid("kubernetes.retries", "must be at most 10"));
         }
+        // One /scale call that fails every attempt must end inside its loop, as a Prometheus
+        // fetch must: a hung API server would otherwise stall every workload's publication.
+        let kube_attempts = kube.retries + 1;
+        let kube_backoff = crate::actuator::retry_backoff_max(kube.retries);
+        let writes_scale = self
+            .workloads
+            .iter()
+            .any(|w| w.actuator == ActuatorKind::Scale);
+        if writes_scale
+            && kube
+                .timeout
+                .saturating_mul(kube_attempts)
+                .saturating_add(kube_backoff)
+                >= self.loop_.interval
+        {
+            return Err(invalid(
+                "kubernetes.timeout",
+                format!(
+                    "timeout x {kube_attempts} attempts (retries + 1) plus up to {} ms of backoff \
+                     must be shorter than loop.interval",
+                    kube_backoff.as_millis()
+                ),
+            ));
+        }
+        if kube.identity.as_ref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(invalid("kubernetes.identity", "must not be empty"));
+        }
         if let Some(l) = &kube.lease {
             if !is_dns_label(&l.namespace) {
                 return Err(invalid(
@@ -824,8 +861,9 @@ impl Config {
                     "must be a DNS-1123 subdomain",
                 ));
             }
-            if l.duration < Duration::from_secs(3) {
-                return Err(invalid("kubernetes.lease.duration", "must be at least 3s"));
+            // Longer than 10 minutes, a crashed holder stalls every /scale write for that long.
+            if l.duration < Duration::from_secs(3) || l.duration > Duration::from_secs(600) {
+                return Err(invalid("kubernetes.lease.duration", "must be in 3s..=10m"));
             }
             // The holder acts for two thirds of the duration after a renewal and checks the
             // Lease before every attempt of a write; an attempt started at the end of that
@@ -924,8 +962,10 @@ impl Config {
                 return Err(invalid(f("quantile"), "must be in (0.5, 0.999)"));
             }
             ModelPreset::load(&w.model).map_err(|e| invalid(f("model"), e.to_string()))?;
-            if w.recommendation_ttl < Duration::from_secs(60) {
-                return Err(invalid(f("recommendation_ttl"), "must be at least 1m"));
+            if w.recommendation_ttl < Duration::from_secs(60)
+                || w.recommendation_ttl > Duration::from_secs(366 * 86_400)
+            {
+                return Err(invalid(f("recommendation_ttl"), "must be in 1m..=366d"));
             }
             if let Some(p) = w.auto_approve_scale_up_percent
                 && !(p.is_finite() && p >= 0.0)
@@ -1063,6 +1103,39 @@ workloads:
             (
                 format!("{GOOD}store:\n  retention: 2h\n"),
                 "store.retention",
+            ),
+            (
+                format!("{GOOD}prometheus:\n  url: http://p:9090\n  stale_after: 20d\n").replacen(
+                    "prometheus:\n  url: http://127.0.0.1:9090\n",
+                    "",
+                    1,
+                ),
+                "prometheus.stale_after",
+            ),
+            (
+                format!("{GOOD}keda:\n  stale_after: 2d\n"),
+                "keda.stale_after",
+            ),
+            (
+                GOOD.replace(
+                    "max_replicas: 20",
+                    "max_replicas: 20\n    recommendation_ttl: 400d",
+                ),
+                "workloads[0].recommendation_ttl",
+            ),
+            (
+                format!("{GOOD}kubernetes:\n  identity: ' '\n"),
+                "kubernetes.identity",
+            ),
+            (
+                format!("{GOOD}kubernetes:\n  lease:\n    namespace: p\n    duration: 1h\n"),
+                "kubernetes.lease.duration",
+            ),
+            (
+                // 20 s x 3 attempts reaches the 60 s loop once a workload writes /scale.
+                GOOD.replace("max_replicas: 20", "max_replicas: 20\n    actuator: scale")
+                    + "kubernetes:\n  timeout: 20s\n",
+                "kubernetes.timeout",
             ),
             (
                 format!("{GOOD}store:\n  retention: 200y\n"),

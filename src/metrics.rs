@@ -265,7 +265,7 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        registry.register("build", "Build information", build);
+        registry.register("build_info", "Build information (always 1)", build);
         Self { registry, ..m }
     }
 

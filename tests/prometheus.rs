@@ -223,6 +223,11 @@ async fn forecasts_and_recommendations_appear_on_metrics() {
         "prescale_forecast_demand{namespace=\"shop\",workload=\"web\",horizon=\"1h\",band=\"point\"}",
         "prescale_demand{namespace=\"shop\",workload=\"web\"}",
         "prescale_workload_state{namespace=\"shop\",workload=\"web\",state=\"healthy\"} 1",
+        concat!(
+            "prescale_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"} 1"
+        ),
     ] {
         assert!(text.contains(needle), "missing {needle}");
     }

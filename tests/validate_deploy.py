@@ -79,7 +79,11 @@ need(set(ports) == {"http", "grpc"}, f"service ports {ports}")
 need(sm["apiVersion"] == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion")
 sel = sm["spec"]["selector"]["matchLabels"]
 need(all(svc["metadata"]["labels"].get(k) == v for k, v in sel.items()), "ServiceMonitor selects the Service")
-need(any(e["port"] == "http" and e.get("path") == "/metrics" for e in sm["spec"]["endpoints"]), "scrapes /metrics")
+scrape = [e for e in sm["spec"]["endpoints"] if e["port"] == "http" and e.get("path") == "/metrics"]
+need(len(scrape) == 1, "scrapes /metrics")
+# Every per-workload series carries the workload's `namespace`; without honorLabels the
+# Operator renames it and the dashboard's namespace filter sees only prescale's own.
+need(all(e.get("honorLabels") is True for e in scrape), "ServiceMonitor honorLabels: true")
 
 # The config in the ConfigMap.
 (cm,) = by_kind["ConfigMap"]
@@ -132,6 +136,12 @@ for f in files:
     fb = so["spec"].get("fallback", {})
     ok = all(isinstance(fb.get(k), int) and fb[k] > 0 for k in ("failureThreshold", "replicas"))
     need(ok, f"{f}: fallback block")
+    # KEDA's default fallback (static) sets exactly `replicas`: a scale-down when data goes
+    # missing at a peak, unless it keeps the replicas in place or reaches the maximum.
+    never_lower = fb.get("behavior") in ("currentReplicas", "currentReplicasIfHigher") or (
+        fb.get("replicas", 0) >= so["spec"].get("maxReplicaCount", 100)
+    )
+    need(never_lower, f"{f}: fallback can lower replicas (behavior {fb.get('behavior', 'static')})")
     for t in so["spec"]["triggers"]:
         types.add(t["type"])
         need(t.get("metricType") == "AverageValue", f"{f}: AverageValue")

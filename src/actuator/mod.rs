@@ -16,7 +16,7 @@ use crate::config::{Mode, WorkloadKind};
 use crate::domain::Timestamp;
 
 pub use lease::{LeaseConfig, LeaseElector};
-pub use scale::ScaleActuator;
+pub use scale::{ScaleActuator, retry_backoff_max};
 
 /// The scale target of a workload.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,18 @@ use rand::Rng;
 use super::{ActuateError, Actuator, Applied, LeaseElector, Limits, Target};
 use crate::config::WorkloadKind;
 
+/// First retry delay of an API request, ms; doubles on each retry, plus up to
+/// `JITTER_MS` of jitter.
+const BACKOFF_MS: u64 = 200;
+const JITTER_MS: u64 = 100;
+
+/// The longest time slept between the attempts of one request that fails `retries + 1`
+/// times.
+pub fn retry_backoff_max(retries: u32) -> Duration {
+    let doubling = BACKOFF_MS.saturating_mul(2_u64.saturating_pow(retries).saturating_sub(1));
+    Duration::from_millis(doubling.saturating_add(JITTER_MS.saturating_mul(u64::from(retries))))
+}
+
 /// Attempts of read-decide-write when the write meets a newer resourceVersion.
 const CONFLICT_ATTEMPTS: u32 = 4;
 /// How long the "is another autoscaler driving this?" answer is reused.
@@ -118,7 +130,8 @@ impl ScaleActuator {
                 }
                 Err(ActuateError::Unavailable(_)) if attempt < self.retries => {
                     attempt += 1;
-                    let backoff = 100 * 2u64.pow(attempt) + rand::rng().random_range(0..100);
+                    let backoff =
+                        BACKOFF_MS * 2u64.pow(attempt - 1) + rand::rng().random_range(0..JITTER_MS);
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                 }
                 other => return other,
