@@ -1451,7 +1451,13 @@ impl Runtime {
             interim.recommend(&obs)
         } else {
             self.interim = None;
-            self.policy.recommend(&obs)
+            let decision = self.policy.recommend(&obs);
+            if self.current.is_none() && self.reads_scale() {
+                // Decided before /scale was read: the stand-in replicas must not start the
+                // stabilisation window, the replicas found must.
+                self.policy.resume_after_gap();
+            }
+            decision
         };
         // A pin replaces the policy's answer until it ends (min/max still hold).
         let pc = self.policy.config();

@@ -1194,6 +1194,16 @@ mod service {
         let v = view(&svc);
         assert_eq!(v.current_replicas, Some(15), "learned from /scale");
         assert!(v.desired_replicas.unwrap() < 15, "{v:?}");
+        // Then the 15 it found stand in the stabilisation window, as the HPA's window starts:
+        // nothing goes down for 300 s, then it does.
+        for k in 1..=4 {
+            svc.run_once((400 + k) * STEP).await;
+            assert_eq!(replicas(&world, "deployments", "web"), 15, "loop {k}");
+        }
+        for k in 5..=8 {
+            svc.run_once((400 + k) * STEP).await;
+        }
+        assert!(replicas(&world, "deployments", "web") < 15);
     }
 
     fn recommend_config(api: SocketAddr, data: &std::path::Path, actuator: &str) -> Config {
