@@ -257,6 +257,11 @@ pub struct Shared {
     pub views: RwLock<BTreeMap<String, WorkloadView>>,
     /// True once the first loop finished.
     pub ready: std::sync::atomic::AtomicBool,
+    /// When the latest loop finished (the start, before the first): `/healthz` fails once
+    /// it is older than `stall_after`.
+    heartbeat: Mutex<std::time::Instant>,
+    /// `loop.stall_after`.
+    stall_after: Duration,
     /// What the KEDA endpoints serve.
     pub board: Arc<Board>,
     /// The review store, once attached.
@@ -283,6 +288,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// How long no loop has finished, when that is longer than `loop.stall_after`.
+    pub fn stalled(&self) -> Option<Duration> {
+        let since = self
+            .heartbeat
+            .lock()
+            .map(|h| h.elapsed())
+            .unwrap_or(Duration::MAX);
+        (since > self.stall_after).then_some(since)
+    }
+
     /// Records a workload's controls as the store now has them (after a change through the
     /// API).
     pub fn set_controls(&self, key: String, c: Controls) {
@@ -482,6 +497,8 @@ impl Service {
             metrics: Metrics::new(),
             views: RwLock::new(BTreeMap::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
+            heartbeat: Mutex::new(std::time::Instant::now()),
+            stall_after: cfg.loop_.stall_after(),
             board: Arc::new(Board::new(
                 cfg.keda.stale_after(cfg.loop_.interval.max(tick)),
             )),
@@ -894,6 +911,9 @@ impl Service {
             .metrics
             .loop_duration
             .observe(clock.elapsed().as_secs_f64());
+        if let Ok(mut h) = self.shared.heartbeat.lock() {
+            *h = std::time::Instant::now();
+        }
         self.shared
             .ready
             .store(true, std::sync::atomic::Ordering::SeqCst);

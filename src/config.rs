@@ -132,12 +132,25 @@ pub struct LoopConfig {
     /// half of `interval`; at most 1 day.
     #[serde(default, with = "humantime_serde")]
     pub warmup_budget: Option<Duration>,
+    /// `/healthz` answers 503 once no loop has finished for this long (counted from the
+    /// start until the first loop ends), so the kubelet's liveness probe restarts a process
+    /// whose loop is wedged (a store or API call that never returns) instead of letting it
+    /// serve old numbers. Default: three intervals, at least 1 minute. At least one
+    /// interval, at most 1 day.
+    #[serde(default, with = "humantime_serde")]
+    pub stall_after: Option<Duration>,
 }
 
 impl LoopConfig {
     /// `warmup_budget`, or half the interval.
     pub fn warmup_budget(&self) -> Duration {
         self.warmup_budget.unwrap_or(self.interval / 2)
+    }
+
+    /// `stall_after`, or three intervals but at least a minute.
+    pub fn stall_after(&self) -> Duration {
+        self.stall_after
+            .unwrap_or((self.interval * 3).max(Duration::from_secs(60)))
     }
 }
 
@@ -498,6 +511,7 @@ impl Default for LoopConfig {
             history: default_history(),
             concurrency: default_concurrency(),
             warmup_budget: None,
+            stall_after: None,
         }
     }
 }
@@ -776,6 +790,14 @@ impl Config {
         }
         if self.loop_.warmup_budget() > Duration::from_secs(86_400) {
             return Err(invalid("loop.warmup_budget", "must be at most 1d"));
+        }
+        if self.loop_.stall_after() < self.loop_.interval
+            || self.loop_.stall_after() > Duration::from_secs(MAX_DURATION_SECONDS)
+        {
+            return Err(invalid(
+                "loop.stall_after",
+                "must be at least loop.interval and at most 1d",
+            ));
         }
         if p.stale_after.is_zero() || p.stale_after > self.loop_.history {
             return Err(invalid(
@@ -1091,6 +1113,10 @@ workloads:
             (
                 format!("{GOOD}loop:\n  warmup_budget: 2d\n"),
                 "loop.warmup_budget",
+            ),
+            (
+                format!("{GOOD}loop:\n  stall_after: 30s\n"),
+                "loop.stall_after",
             ),
             (
                 format!("{GOOD}loop:\n  interval: 2d\n  history: 30d\n"),

@@ -423,3 +423,70 @@ async fn a_black_holed_workload_does_not_stall_the_others() {
     assert_ne!(views["shop/web"].state, WorkloadState::Degraded);
     assert!(views["shop/web"].desired_replicas.unwrap() >= 10);
 }
+
+/// A source that fails at once, or never answers while `hang` is set.
+struct Wedge {
+    hang: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl MetricSource for Wedge {
+    async fn fetch(
+        &self,
+        _query: &str,
+        _window: TimeWindow,
+    ) -> Result<Vec<prescale::collector::Sample>, prescale::collector::CollectError> {
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Err(prescale::collector::CollectError::Empty)
+    }
+}
+
+#[tokio::test]
+async fn a_wedged_loop_fails_the_liveness_probe() {
+    use tower::ServiceExt as _;
+    let yaml = format!(
+        "prometheus:\n  url: http://127.0.0.1:9\n  timeout: 500ms\n  retries: 0\nloop:\n  interval: 2s\n  history: 1h\n  stall_after: 3s\n\
+         data_dir: {dir}\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'q', capacity_per_replica: 10, max_replicas: 100}}\n",
+        dir = tempfile::tempdir().unwrap().keep().display()
+    );
+    let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+    let source = Arc::new(Wedge { hang: false.into() });
+    let service = Arc::new(
+        Service::new(
+            cfg,
+            source.clone(),
+            Timeline::Wall,
+            2,
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    let router = prescale::api::router(service.shared());
+    let probe = || async {
+        let req = axum::http::Request::get("/healthz")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router.clone().oneshot(req).await.unwrap().status()
+    };
+    let now = 1_800_000_000;
+    // Loops that finish (even failing ones) keep it alive, longer than stall_after.
+    for k in 0..5 {
+        service.run_once(now + 2 * k).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(probe().await, StatusCode::OK, "loop {k}");
+    }
+    source.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stuck = tokio::spawn({
+        let service = service.clone();
+        async move { service.run_once(now + 10).await }
+    });
+    // 1.5 s after the last loop ended, then 4 s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(probe().await, StatusCode::OK, "not stalled yet");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(probe().await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!stuck.is_finished());
+    stuck.abort();
+}

@@ -163,7 +163,7 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
     // probe (the kubelet would restart it) nor lose its metrics.
     let ops = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let limits = tower::ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(
@@ -366,6 +366,18 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response
             s.shared.metrics.encode_text(),
         )
             .into_response()
+    }
+}
+
+/// Liveness: fails while the loop is wedged (no loop finished for `loop.stall_after`).
+async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
+    match s.shared.stalled() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(d) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: no loop finished for {}s\n", d.as_secs()),
+        )
+            .into_response(),
     }
 }
 
