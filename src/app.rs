@@ -32,6 +32,9 @@ pub const AUTONOMY: &str = "prescale:autonomy";
 const NOTHING_APPLIED: &str = "no recommendation approved and applied yet";
 /// A workload's reason while its warm-up waits for a loop's budget.
 const WARM_UP_QUEUED: &str = "warm_up_queued";
+/// A workload that started over after a panic in its step (a bug, counted as
+/// `prescale_errors_total{stage="loop",kind="panic"}`).
+const INTERNAL_ERROR: &str = "internal_error";
 
 /// Who applied a change in `auto` mode.
 pub const AUTO: &str = "prescale:auto";
@@ -219,6 +222,8 @@ struct Runtime {
     query: String,
     labels: WorkloadLabels,
     engine: Engine,
+    /// The engine's preset, to start over with.
+    preset: ModelPreset,
     policy: PredictivePolicy,
     lead_steps: usize,
     /// Steps at the end of a backfill replayed through the online backtest.
@@ -576,7 +581,8 @@ impl Service {
                     namespace: w.namespace.as_str().into(),
                     workload: w.name.as_str().into(),
                 },
-                engine: new_engine(preset, step, lead_steps, &w.key()),
+                engine: new_engine(preset.clone(), step, lead_steps, &w.key()),
+                preset,
                 policy: PredictivePolicy::new(pc)
                     .with_context(|| format!("workload {}", w.key()))?,
                 lead_steps,
@@ -834,9 +840,9 @@ impl Service {
                 let actuator = self.actuator.clone();
                 let step = self.step;
                 async move {
-                    let (query, last) = match rt.lock() {
-                        Ok(r) => (r.query.clone(), r.newest_sample()),
-                        Err(_) => return,
+                    let (query, last) = {
+                        let r = lock_or_start_over(&rt, &shared.metrics);
+                        (r.query.clone(), r.newest_sample())
                     };
                     let start = last.map_or(end - history, |l| l + step as i64);
                     let fetched = if start > end {
@@ -863,7 +869,13 @@ impl Service {
                         r.process(fetched, &pass, &shared2.metrics, &controls, floor)
                     })
                     .await
-                    .unwrap_or_default();
+                    .unwrap_or_else(|e| {
+                        // A bug, not data: the workload starts over now (and is counted),
+                        // rather than drop out of every later loop behind a poisoned lock.
+                        tracing::error!(error = %e, "Workload step panicked; starting it over");
+                        drop(lock_or_start_over(&rt, &shared.metrics));
+                        Step::default()
+                    });
                     if let Some(rec) = step.propose {
                         propose(&rt, &shared, &rec).await;
                     }
@@ -1345,6 +1357,29 @@ impl Service {
 }
 
 impl Runtime {
+    /// After a panic in its step, what this workload held may be half-updated: it starts
+    /// over as on a fresh start (history read again, a new policy whose window starts at the
+    /// replicas in place), keeping what it knows of the cluster and holding replicas until
+    /// its next decision.
+    fn start_over(&mut self) {
+        let key = self.cfg.key();
+        self.engine = new_engine(
+            self.preset.clone(),
+            self.engine.step(),
+            self.lead_steps,
+            &key,
+        );
+        if let Ok(p) = PredictivePolicy::new(self.policy.config().clone()) {
+            self.policy = p;
+        }
+        self.last_sample = None;
+        self.backlog.clear();
+        self.interim = None;
+        self.view.state = WorkloadState::Degraded;
+        self.view.reason = Some(INTERNAL_ERROR.to_string());
+        self.publication.unavailable = Some(INTERNAL_ERROR.to_string());
+    }
+
     /// Whether prescale itself writes this workload's `/scale`.
     fn scales_directly(&self) -> bool {
         self.cfg.mode == Mode::Auto && self.cfg.actuator == ActuatorKind::Scale
@@ -1882,6 +1917,24 @@ fn count(metrics: &Metrics, stage: &'static str, kind: &'static str) {
         .inc();
 }
 
+/// Locks a workload's runtime; if a panic poisoned it, the workload starts over (see
+/// [`Runtime::start_over`]) and the panic is counted.
+fn lock_or_start_over<'a>(
+    rt: &'a Mutex<Runtime>,
+    metrics: &Metrics,
+) -> std::sync::MutexGuard<'a, Runtime> {
+    match rt.lock() {
+        Ok(r) => r,
+        Err(poisoned) => {
+            let mut r = poisoned.into_inner();
+            r.start_over();
+            rt.clear_poison();
+            count(metrics, "loop", "panic");
+            r
+        }
+    }
+}
+
 /// Returns the free pages inside glibc's heap to the kernel. Fits allocate and free large
 /// scratch buffers between long-lived blocks, and glibc keeps those pages resident (about a
 /// quarter of the service's memory) unless asked.
@@ -1981,4 +2034,52 @@ pub async fn scale_actuator(
     });
     let actuator = ScaleActuator::new(client, leader.clone(), cfg.timeout, cfg.retries);
     Ok((Arc::new(actuator), leader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_workload_whose_step_panicked_starts_over_and_is_counted() {
+        let step = 60_i64;
+        let t0 = 1_800_000_000 / step * step;
+        let trace = crate::sim::Trace {
+            path: "t.csv".into(),
+            timestamps: (0..600).map(|i| t0 - 500 * step + i * step).collect(),
+            values: (0..600).map(|i| 100.0 + f64::from(i % 7)).collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "prometheus: {{url: 'http://127.0.0.1:9', timeout: 1s}}\nloop: {{interval: 60s, history: 6h}}\n\
+             data_dir: '{}'\nworkloads:\n- {{namespace: shop, name: web, demand_query: 'demo:0', capacity_per_replica: 10, max_replicas: 50, mode: auto}}\n",
+            dir.path().display()
+        );
+        let cfg = Config::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None).unwrap();
+        let source = Arc::new(crate::collector::TraceSource::new(&trace));
+        let svc = Service::new(cfg, source, Timeline::Wall, 60, Duration::from_secs(60)).unwrap();
+        svc.run_once(t0).await;
+        let before = svc.shared().views.read().unwrap()["shop/web"].clone();
+        assert_eq!(before.last_sample_at, Some(t0), "{before:?}");
+        // A panic while the runtime is locked (as a bug in a fit would) poisons it.
+        let rt = svc.runtimes[0].clone();
+        std::thread::spawn(move || {
+            let _held = rt.lock().unwrap();
+            panic!("injected");
+        })
+        .join()
+        .unwrap_err();
+        for k in 1..=2 {
+            svc.run_once(t0 + k * step).await;
+            let views = svc.shared().views.read().unwrap().clone();
+            let v = &views["shop/web"];
+            assert_eq!(v.last_sample_at, Some(t0 + k * step), "{v:?}");
+            assert!(v.desired_replicas.unwrap() >= 10, "{v:?}");
+        }
+        let text = svc.shared().metrics.encode_text();
+        assert!(
+            text.contains("prescale_errors_total{stage=\"loop\",kind=\"panic\"} 1"),
+            "{text}"
+        );
+    }
 }

@@ -73,7 +73,8 @@ pub struct StateLabels {
 /// Labels of the error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// Pipeline stage: `collector`, `forecast`, `actuator`, `store`, `api`.
+    /// Pipeline stage: `collector`, `forecast`, `actuator`, `store`, `api`, `loop` (a
+    /// workload step that panicked: kind `panic`).
     pub stage: &'static str,
     /// Error kind (each stage's bounded `kind()`).
     pub kind: &'static str,
