@@ -610,7 +610,13 @@ impl Service {
             .set(Box::new(move |key: &str, steps: usize| {
                 let rt = by_key.get(key)?;
                 let mut rt = rt.lock().ok()?;
-                rt.engine.forecast(steps).ok()
+                // Only once the loop has forecast from the latest sample: a first forecast
+                // at an origin refits and feeds the backtest and calibration, and decisions
+                // must not depend on whether someone looked.
+                rt.engine
+                    .forecast_is_current()
+                    .then(|| rt.engine.forecast(steps).ok())
+                    .flatten()
             }));
         let _ = shared.recent.set(Box::new(move |key: &str, n: usize| {
             let rt = by_key2.get(key)?;

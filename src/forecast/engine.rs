@@ -429,6 +429,20 @@ impl Engine {
         doubled || scheduled
     }
 
+    /// Whether the engine already forecast from its latest sample: then [`Engine::forecast`]
+    /// changes nothing (no refit, no backtest entry, no calibration step) and a reader may
+    /// call it for another horizon without altering the decisions that follow.
+    pub fn forecast_is_current(&self) -> bool {
+        self.forecast_at(self.start + self.grid.len())
+    }
+
+    fn forecast_at(&self, end: usize) -> bool {
+        self.cands
+            .first()
+            .and_then(|c| c.pending.back())
+            .is_some_and(|p| p.origin_end == end)
+    }
+
     /// Seconds between grid steps.
     pub fn step(&self) -> u64 {
         self.step
@@ -743,10 +757,7 @@ impl Engine {
         }
         let lead = self.lead;
         let q = self.preset.quantile;
-        let fresh = self.cands[0]
-            .pending
-            .back()
-            .is_none_or(|p| p.origin_end != end);
+        let fresh = !self.forecast_at(end);
         let grid = self.grid.to_vec(0, n);
         let window = Window {
             start: self.start,
@@ -1349,6 +1360,29 @@ mod tests {
         let mut daily = Engine::new(preset(), 300, 2);
         let daily_at = refits_over(&mut daily, 900, |i| (i % 288) as f64);
         assert_eq!(daily_at, [16, 304, 592, 880]);
+    }
+
+    #[test]
+    fn a_second_forecast_from_the_same_sample_changes_nothing() {
+        let mut e = Engine::new(preset(), 60, 3);
+        let mut seed = 5_u64;
+        for i in 0..600_i64 {
+            let v = 100.0 + 30.0 * (i as f64 / 40.0).sin() + 5.0 * uniform(&mut seed);
+            e.observe(i * 60, v).unwrap();
+            if i % 2 == 0 {
+                let _ = e.forecast(3);
+            }
+        }
+        // The last sample (599) came after the last forecast (598).
+        assert!(!e.forecast_is_current());
+        let before = bincode::serialize(&e.state()).unwrap();
+        e.forecast(3).unwrap();
+        assert!(e.forecast_is_current());
+        let after = bincode::serialize(&e.state()).unwrap();
+        assert_ne!(before, after, "a first forecast at an origin is recorded");
+        let long = e.forecast(360).unwrap();
+        assert_eq!(long.point.len(), 360);
+        assert_eq!(bincode::serialize(&e.state()).unwrap(), after);
     }
 
     /// Feeds `steps` samples of `demand`, forecasting after each, and returns the grid
