@@ -176,8 +176,9 @@ pub struct ApiConfig {
     /// at start. Unset: reads are open and every write is refused (401).
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
-    /// Let reads (`GET /api/v1/...`) through without a token, as `/metrics` is. Writes
-    /// always need one.
+    /// Let reads (`GET /api/v1/...`, the KEDA endpoint `/api/v1/keda/...` included) through
+    /// without a token, as `/metrics` is. Writes always need one. Off with a tokens file:
+    /// KEDA's metrics-api trigger sends a token (`authMode: bearer`).
     #[serde(default)]
     pub anonymous_read: bool,
     /// Largest request body accepted, bytes (413 above).

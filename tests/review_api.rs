@@ -419,7 +419,7 @@ async fn suite(mut s: Setup) {
         .await
         .json();
     assert_eq!(w["current_replicas"].as_u64().unwrap(), to);
-    let k = c.get("/api/v1/keda/shop/web", None).await;
+    let k = c.get("/api/v1/keda/shop/web", Some(VIEWER)).await;
     assert_eq!(k.status, 200, "{}", k.text);
     assert_eq!(
         k.json()["desired_replicas"].as_u64().unwrap(),
@@ -1278,4 +1278,77 @@ async fn each_caller_has_its_own_request_rate() {
         metrics.contains("prescale_errors_total{stage=\"api\",kind=\"rate_limited\"} 3"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keda_endpoint_is_outside_the_limits_but_needs_read_access() {
+    use tokio::io::AsyncWriteExt;
+    let s = limited(ApiSettings {
+        rate_per_caller: 1,
+        burst_per_caller: 2,
+        max_in_flight: 1,
+        request_timeout: Duration::from_secs(30),
+        ..ApiSettings::default()
+    })
+    .await;
+    let Client::Socket(base, http) = &s.client else {
+        unreachable!()
+    };
+    let keda = |token: Option<&str>| {
+        let r = http.get(format!("{base}/api/v1/keda/shop/web"));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+        .send()
+    };
+    // Reads need a token here (api.anonymous_read is off), as KEDA's `authMode: bearer`
+    // sends one.
+    let open = keda(None).await.unwrap();
+    assert_eq!(open.status(), 401, "{}", open.text().await.unwrap());
+    // The handler's own answer (web is in recommend mode with nothing approved yet: a 503
+    // that KEDA's fallback covers), not a refusal by the limits.
+    let answered = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert!(
+            status == 503 && body.contains("shop/web has no current recommendation"),
+            "{status} {body}"
+        );
+    };
+    // One caller polling many workloads is never limited: ten times the burst...
+    for _ in 0..20 {
+        answered(keda(Some(VIEWER)).await.unwrap()).await;
+    }
+    // ...and those requests did not spend its budget for the rest of the API.
+    let workloads = || {
+        http.get(format!("{base}/api/v1/workloads"))
+            .bearer_auth(VIEWER)
+            .send()
+    };
+    for k in 0..2 {
+        assert_eq!(workloads().await.unwrap().status(), 200, "burst {k}");
+    }
+    assert_eq!(workloads().await.unwrap().status(), 429);
+    // Guessing tokens here is throttled like anywhere: the client's address has one budget
+    // for refused requests (one spent by the first request without a token).
+    assert_eq!(keda(Some("guess-0")).await.unwrap().status(), 401);
+    assert_eq!(keda(Some("guess-1")).await.unwrap().status(), 429);
+    // While a trickled body holds the API's one slot, KEDA is still answered.
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/workloads/shop/web/pin HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ADMIN}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shed = http
+        .get(format!("{base}/api/v1/workloads"))
+        .bearer_auth(APPROVER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503, "the slot is held");
+    assert!(shed.text().await.unwrap().contains("too many requests"));
+    answered(keda(Some(VIEWER)).await.unwrap()).await;
 }

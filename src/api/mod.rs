@@ -116,15 +116,15 @@ impl utoipa::Modify for Overload {
                 )
                 .build()
         };
-        let response = error(
-            "Overloaded (over `api.max_in_flight` requests at once) or slower than \
-             `api.request_timeout`; `Retry-After` says when to try again.",
-        );
+        let overloaded = "Overloaded (over `api.max_in_flight` requests at once) or slower than \
+             `api.request_timeout`; `Retry-After` says when to try again.";
+        let response = error(overloaded);
         let too_many = error(
             "Over this caller's request rate (`api.rate_per_caller`); `Retry-After` says when \
              to try again.",
         );
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let keda = path.starts_with("/api/v1/keda/");
             for op in [
                 &mut item.get,
                 &mut item.put,
@@ -135,7 +135,17 @@ impl utoipa::Modify for Overload {
             .flatten()
             {
                 let r = &mut op.responses.responses;
-                r.insert("503".to_string(), response.clone().into());
+                match r.get_mut("503") {
+                    // The KEDA endpoint is outside the in-flight limit: its 503 is its own.
+                    Some(_) if keda => {}
+                    // An operation's own 503 (say, warming up) says so as well.
+                    Some(utoipa::openapi::RefOr::T(own)) => {
+                        own.description = format!("{} Or: {}", own.description, overloaded);
+                    }
+                    _ => {
+                        r.insert("503".to_string(), response.clone().into());
+                    }
+                }
                 r.insert("429".to_string(), too_many.clone().into());
             }
         }
@@ -190,6 +200,16 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
         last_sweep: std::sync::atomic::AtomicU64::new(0),
         started: std::time::Instant::now(),
     });
+    // KEDA's metrics-api trigger is one caller polling every workload each
+    // `pollingInterval`, and a refusal counts towards its fallback: it is outside the
+    // in-flight limit and the per-caller rate (the answer is a lookup), except for
+    // requests it would refuse (see [`keda_gate`]).
+    let keda = Router::new()
+        .route("/api/v1/keda/{namespace}/{name}", get(keda_metric))
+        .layer(axum::middleware::from_fn_with_state(
+            rate.clone(),
+            keda_gate,
+        ));
     let wl = "/api/v1/workloads/{namespace}/{name}";
     Router::new()
         .route("/", get(page::index))
@@ -216,7 +236,6 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
         )
         .route("/api/v1/recommendations/{id}/reject", post(review::reject))
         .route("/api/v1/audit", get(review::audit))
-        .route("/api/v1/keda/{namespace}/{name}", get(keda_metric))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -227,7 +246,11 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
         ))
         .layer(limits)
         // Outermost: a caller over its rate is refused before it takes an in-flight slot.
-        .layer(axum::middleware::from_fn_with_state(rate, rate_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            rate.clone(),
+            rate_limit,
+        ))
+        .merge(keda)
         .merge(ops)
         .with_state(state)
 }
@@ -277,32 +300,62 @@ async fn rate_limit(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    use governor::clock::Clock;
-    let peer = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let caller = rate.tokens.identify(request.headers());
-    let key = rate.tokens.caller(&caller, peer);
+    let (caller, key) = rate.identify(&request);
     request.extensions_mut().insert(caller);
-    forget_idle(
-        &rate.limiter,
-        &rate.last_sweep,
-        rate.started.elapsed().as_secs() + 1,
-    );
-    match rate.limiter.check_key(&key) {
-        Ok(()) => next.run(request).await,
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(rate.limiter.clock().now());
+    match rate.spend(&key) {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    }
+}
+
+/// The KEDA endpoint's gate: a caller allowed to read (a valid token, or none where reads
+/// are open) is never limited; one that will be refused (401) spends its network's budget
+/// as elsewhere, so guessing tokens here is throttled too.
+async fn keda_gate(
+    State(rate): State<Arc<CallerRate>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (caller, key) = rate.identify(&request);
+    let allowed = rate.tokens.permit(&caller, Role::Viewer).is_ok();
+    request.extensions_mut().insert(caller);
+    if !allowed && let Some(refused) = rate.spend(&key) {
+        return refused;
+    }
+    next.run(request).await
+}
+
+impl CallerRate {
+    /// What the request's token says, and the caller's key (see [`Tokens::caller`]).
+    fn identify(&self, request: &axum::extract::Request) -> (Identity, String) {
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let caller = self.tokens.identify(request.headers());
+        let key = self.tokens.caller(&caller, peer);
+        (caller, key)
+    }
+
+    /// Takes one request from `key`'s budget; over it, the 429 that says how long to wait.
+    fn spend(&self, key: &String) -> Option<Response> {
+        use governor::clock::Clock;
+        forget_idle(
+            &self.limiter,
+            &self.last_sweep,
+            self.started.elapsed().as_secs() + 1,
+        );
+        self.limiter.check_key(key).err().map(|not_until| {
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             refusal(
-                &rate.shared,
+                &self.shared,
                 "rate_limited",
                 StatusCode::TOO_MANY_REQUESTS,
                 "over this caller's request rate (api.rate_per_caller); retry later",
                 secs.max(1),
             )
-        }
+        })
     }
 }
 
@@ -423,15 +476,19 @@ async fn workload(
 
 /// The KEDA `metrics-api` endpoint: `{"desired_replicas": N, ...}` for a trigger with
 /// `valueLocation: desired_replicas` and `targetValue: "1"`. Missing or stale data is a 503
-/// (KEDA counts a failure; its fallback applies), never a zero. Open, like `/metrics`.
+/// (KEDA counts a failure; its fallback applies), never a zero. Read access as for the rest
+/// of the API: with tokens configured and `api.anonymous_read` off, the trigger sends a
+/// token (`authMode: bearer`, any role). Outside the in-flight limit and the caller's rate.
 #[utoipa::path(get, path = "/api/v1/keda/{namespace}/{name}",
     params(WorkloadPath),
-    responses((status = 400, body = ApiError), (status = 200, body = Publication), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)),
-    tag = "keda")]
+    responses((status = 400, body = ApiError), (status = 200, body = Publication), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, description = "No fresh decision for this workload (stale or missing data, degraded, not yet decided): KEDA counts a failure and its fallback applies.", body = ApiError)),
+    security(("bearer" = [])), tag = "keda")]
 async fn keda_metric(
     State(s): State<Arc<ApiState>>,
+    caller: Identity,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    s.tokens.permit(&caller, Role::Viewer)?;
     let key = format!("{namespace}/{name}");
     match s.shared.board.get(&key) {
         Ok(p) => Ok(axum::Json(p).into_response()),

@@ -389,7 +389,7 @@ pub struct ForecastPoints {
 #[utoipa::path(get, path = "/api/v1/workloads/{namespace}/{name}/forecast",
     params(WorkloadPath, ForecastQuery),
     responses((status = 401, body = ApiError), (status = 200, description = "The forecast (JSON, or CSV with `format=csv`)", content((ForecastPoints = "application/json"), (String = "text/csv"))),
-        (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError), (status = 503, body = ApiError)),
+        (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError), (status = 503, description = "Warming up: the loop has not yet forecast from the workload's latest sample.", body = ApiError)),
     security(("bearer" = [])), tag = "workloads")]
 pub async fn forecast(
     State(s): State<Arc<ApiState>>,
