@@ -31,6 +31,8 @@ enum Action {
     Hang(Duration),
     /// Another writer changes the object to this many replicas just before the request.
     Race(i32),
+    /// The request is carried out, but its answer is lost: a 504 from a proxy instead.
+    Lost,
 }
 
 struct Fault {
@@ -130,6 +132,20 @@ async fn handle(
         Some(Action::Hang(d)) => {
             tokio::time::sleep(d).await;
             return status(504, "Timeout", "too late", None);
+        }
+        Some(Action::Lost) => {
+            // The fault is spent: this runs the request as the server would.
+            let _done = Box::pin(handle(
+                axum::extract::State(world.clone()),
+                method,
+                uri,
+                headers,
+                body,
+            ))
+            .await;
+            // One request, logged once.
+            world.lock().unwrap().log.pop();
+            return status(504, "Timeout", "the answer was lost", None);
         }
         Some(Action::Race(replicas)) => {
             let mut w = world.lock().unwrap();
@@ -638,6 +654,31 @@ async fn server_errors_and_hangs_are_retried_within_a_budget() {
         t.elapsed()
     );
     assert_eq!(replicas(&world, "deployments", "web"), 5, "held");
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_still_reported_as_written() {
+    let (world, act) = setup(3).await;
+    world.lock().unwrap().faults.push_back(Fault {
+        method: Method::PUT,
+        path_suffix: "/scale",
+        times: 1,
+        action: Action::Lost,
+    });
+    // The write lands and is answered 504; its retry meets the resourceVersion that write
+    // made (409); the read after finds 5 in place: that change was ours.
+    let a = act.apply(&web(), 5, LIMITS, None).await.unwrap();
+    assert_eq!((a.previous, a.replicas, a.written), (3, 5, true));
+    assert_eq!(replicas(&world, "deployments", "web"), 5);
+    assert_eq!(world.lock().unwrap().scale_writes, 1);
+    assert_eq!(
+        scale_requests(&world, Method::PUT),
+        2,
+        "the write and its retry"
+    );
+    // Already there, with no write in doubt: nothing written.
+    let a = act.apply(&web(), 5, LIMITS, None).await.unwrap();
+    assert_eq!((a.previous, a.replicas, a.written), (5, 5, false));
 }
 
 #[tokio::test]

@@ -99,6 +99,21 @@ impl ScaleActuator {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
+        self.call_noting(name, f, &mut false).await
+    }
+
+    /// As [`Self::call`], setting `unsure` when an attempt timed out or got a 5xx and was
+    /// retried: for a write, that attempt may have landed all the same.
+    async fn call_noting<T, F, Fut>(
+        &self,
+        name: &str,
+        f: F,
+        unsure: &mut bool,
+    ) -> Result<T, ActuateError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
         let mut attempt = 0;
         loop {
             // A retry may come seconds after the first try: the Lease may have been lost
@@ -129,6 +144,7 @@ impl ScaleActuator {
                     return Err(ActuateError::Throttled { retry_after });
                 }
                 Err(ActuateError::Unavailable(_)) if attempt < self.retries => {
+                    *unsure = true;
                     attempt += 1;
                     let backoff =
                         BACKOFF_MS * 2u64.pow(attempt - 1) + rand::rng().random_range(0..JITTER_MS);
@@ -209,17 +225,25 @@ impl ScaleActuator {
         }
     }
 
-    async fn replace_scale(&self, target: &Target, body: &Scale) -> Result<Scale, ActuateError> {
+    /// Writes `body`; `unsure` as in [`Self::call_noting`].
+    async fn replace_scale(
+        &self,
+        target: &Target,
+        body: &Scale,
+        unsure: &mut bool,
+    ) -> Result<Scale, ActuateError> {
         let name = target.name.as_str();
         let pp = PostParams::default();
         match target.kind {
             WorkloadKind::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), &target.namespace);
-                self.call(name, || api.replace_scale(name, &pp, body)).await
+                self.call_noting(name, || api.replace_scale(name, &pp, body), unsure)
+                    .await
             }
             WorkloadKind::StatefulSet => {
                 let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &target.namespace);
-                self.call(name, || api.replace_scale(name, &pp, body)).await
+                self.call_noting(name, || api.replace_scale(name, &pp, body), unsure)
+                    .await
             }
         }
     }
@@ -243,6 +267,8 @@ impl Actuator for ScaleActuator {
     ) -> Result<Applied, ActuateError> {
         self.may_act()?;
         self.check_not_managed(target).await?;
+        // A write that may have landed unanswered: (replicas written, replicas it replaced).
+        let mut maybe_landed = None;
         for attempt in 1..=CONFLICT_ATTEMPTS {
             let scale = self.get_scale(target).await?;
             let observed = scale
@@ -267,10 +293,14 @@ impl Actuator for ScaleActuator {
             // Re-decide against what is really there.
             let want = limits.clamp(desired, observed);
             if want == observed {
+                // A write whose answer was lost (a timeout or 5xx, then a 409 on its retry,
+                // since it had changed the resourceVersion) is ours: reported as written,
+                // from the replicas it changed, so the change is counted and audited.
+                let landed = maybe_landed.filter(|&(wrote, _)| wrote == observed);
                 return Ok(Applied {
-                    previous: observed,
+                    previous: landed.map_or(observed, |(_, from)| from),
                     replicas: observed,
-                    written: false,
+                    written: landed.is_some(),
                 });
             }
             self.may_act()?;
@@ -279,7 +309,8 @@ impl Actuator for ScaleActuator {
             let mut body = scale;
             body.status = None;
             body.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
-            match self.replace_scale(target, &body).await {
+            let mut unsure = false;
+            match self.replace_scale(target, &body, &mut unsure).await {
                 Ok(_) => {
                     return Ok(Applied {
                         previous: observed,
@@ -288,6 +319,7 @@ impl Actuator for ScaleActuator {
                     });
                 }
                 Err(ActuateError::Conflict(_)) if attempt < CONFLICT_ATTEMPTS => {
+                    maybe_landed = unsure.then_some((want, observed));
                     let jitter = rand::rng().random_range(10..50) * u64::from(attempt);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
