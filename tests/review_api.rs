@@ -1126,9 +1126,21 @@ async fn limited(limits: ApiSettings) -> Setup {
     setup_with(None, true, Duration::from_secs(1), limits).await
 }
 
+/// A client that sends a write's headers and the first byte of its body, then nothing: it
+/// holds an in-flight slot until `api.request_timeout`.
+async fn trickle(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/workloads/shop/web/pin HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ADMIN}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let s = limited(ApiSettings {
         max_in_flight: 1,
         request_timeout: Duration::from_secs(2),
@@ -1140,11 +1152,7 @@ async fn a_flood_or_a_trickled_body_is_refused_and_probes_still_answer() {
     };
     let addr = base.trim_start_matches("http://").to_string();
     // A client that sends its headers and then trickles its body holds the one slot.
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "PUT /api/v1/workloads/shop/web/pin HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ADMIN}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{"
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut slow = trickle(&addr).await;
     let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth(VIEWER).send();
@@ -1282,7 +1290,6 @@ async fn each_caller_has_its_own_request_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keda_endpoint_is_outside_the_limits_but_needs_read_access() {
-    use tokio::io::AsyncWriteExt;
     let s = limited(ApiSettings {
         rate_per_caller: 1,
         burst_per_caller: 2,
@@ -1336,11 +1343,7 @@ async fn the_keda_endpoint_is_outside_the_limits_but_needs_read_access() {
     assert_eq!(keda(Some("guess-1")).await.unwrap().status(), 429);
     // While a trickled body holds the API's one slot, KEDA is still answered.
     let addr = base.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "PUT /api/v1/workloads/shop/web/pin HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ADMIN}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{"
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let _slow = trickle(&addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let shed = http
         .get(format!("{base}/api/v1/workloads"))

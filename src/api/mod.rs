@@ -246,10 +246,7 @@ pub fn router_with(shared: Arc<Shared>, settings: ApiSettings) -> Router {
         ))
         .layer(limits)
         // Outermost: a caller over its rate is refused before it takes an in-flight slot.
-        .layer(axum::middleware::from_fn_with_state(
-            rate.clone(),
-            rate_limit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(rate, rate_limit))
         .merge(keda)
         .merge(ops)
         .with_state(state)
